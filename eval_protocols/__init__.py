@@ -1,0 +1,1 @@
+"""The four perturbation tasks, the trial runner, scoring and reports."""

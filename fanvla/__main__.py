@@ -1,0 +1,5 @@
+import sys
+
+from fanvla.cli import main
+
+sys.exit(main())
