@@ -16,6 +16,8 @@ from fanvla import __version__
 # Order = order in `fanvla --help`.
 COMMAND_MODULES = (
     "robot.cli",
+    "collect.cli",
+    "policy.cli",
 )
 
 
@@ -38,6 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    logging.getLogger("OpenGL").setLevel(logging.WARNING)  # PyOpenGL's start-up chatter
     from fanvla.config import ConfigError
     from robot.errors import RobotError
 

@@ -19,6 +19,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     config.add_argument("--json", action="store_true", help="print the validated configuration as JSON")
     config.set_defaults(func=_config)
 
+    check = commands.add_parser("check", help="connect arm, gripper and camera; print state, camera rate, limits")
+    add_config_argument(check)
+    check.add_argument("--backend", choices=("sim", "real"), default="real")
+    check.add_argument("--json", action="store_true", help="print one JSON object")
+    check.set_defaults(func=_check)
+
+    snapshot = commands.add_parser("snapshot", help="save the camera's current colour image as PNG")
+    add_config_argument(snapshot)
+    snapshot.add_argument("--backend", choices=("sim", "real"), default="real")
+    snapshot.add_argument("--out", required=True, help="output PNG path")
+    snapshot.add_argument("--seed", type=int, default=0, help="scene seed (sim backend)")
+    snapshot.set_defaults(func=_snapshot)
+
 
 def _config(args: argparse.Namespace) -> int:
     from fanvla.config import config_snapshot, load_hardware_config
@@ -33,4 +46,29 @@ def _config(args: argparse.Namespace) -> int:
         print(f"  workspace (mm) x {list(box.x)} y {list(box.y)} z {list(box.z)}")
         print(f"  camera {config.camera.color.width}x{config.camera.color.height}@{config.camera.color.fps}, "
               f"recording {config.recording.rate_hz} Hz")
+    return 0
+
+
+def _check(args: argparse.Namespace) -> int:
+    from fanvla.config import load_hardware_config
+    from robot.check import format_report, run_check
+
+    report = run_check(load_hardware_config(args.config), args.backend)
+    print(json.dumps(report.to_dict(), indent=2) if args.json else format_report(report))
+    return 0 if report.healthy else 1
+
+
+def _snapshot(args: argparse.Namespace) -> int:
+    from PIL import Image
+
+    from fanvla.config import load_hardware_config
+    from robot.factory import open_robot
+
+    with open_robot(load_hardware_config(args.config), args.backend, seed=args.seed) as robot:
+        if robot.twin is not None:
+            robot.twin.reset_scene()
+            robot.clock.sleep(0.1)
+        frame = robot.camera.latest()
+    Image.fromarray(frame.color).save(args.out)
+    print(f"{args.out}: {frame.color.shape[1]}x{frame.color.shape[0]} frame {frame.frame_number}")
     return 0

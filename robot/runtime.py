@@ -1,0 +1,215 @@
+"""The control loop shared by the recorder and the closed-loop policy runner.
+
+One tick reads like the data flow::
+
+    observation = robot.observe()               camera frame + arm state + gripper state
+    output      = agent.act(observation)        teleop device, scripted expert or policy
+    sent        = robot.safety.filter(command)  workspace, limits, per-step limits, NaN
+    arm.servo_joints(sent) / gripper.command     the arm's 125 Hz loop interpolates to it
+    subscriber.on_step(step)                    recorder, step log, video writer
+    clock.sleep_until(next tick)                late ticks are counted
+
+A watchdog holds the arm when the agent delivers no fresh command for ``watchdog_hold_s`` and
+ends the episode as aborted after ``watchdog_stop_s``. A missing command is never replaced by the
+previous one: the arm holds where it is.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Protocol
+
+from robot.errors import RobotError
+from robot.interfaces import ArmState, CameraFrame, GripperState
+from robot.safety import Command, SafeCommand, Watchdog
+
+log = logging.getLogger(__name__)
+
+
+class Event(StrEnum):
+    """Episode controls an agent can raise (keys of a teleop device, or a scripted expert)."""
+
+    SAVE = "save"  # stop and save the episode
+    DISCARD = "discard"  # stop and throw the episode away (re-record)
+    QUIT = "quit"  # stop this episode, discard it, and end the session
+    DONE = "done"  # the agent considers the task finished (scripted expert, policy end token)
+
+
+class EpisodeStatus(StrEnum):
+    COMPLETED = "completed"  # ended by SAVE/DONE or by the success check
+    TIMEOUT = "timeout"  # reached max_duration_s
+    ABORTED = "aborted"  # watchdog stop, safety e-stop or a hardware error
+    DISCARDED = "discarded"
+    QUIT = "quit"
+
+
+@dataclass(frozen=True)
+class Observation:
+    frame: CameraFrame
+    arm: ArmState
+    gripper: GripperState
+    instruction: str
+    step: int
+    time_s: float  # clock time of this tick
+
+
+@dataclass(frozen=True)
+class AgentOutput:
+    command: Command | None  # None: nothing fresh this tick (late policy, idle teleop)
+    events: frozenset[Event] = frozenset()
+    info: dict = field(default_factory=dict)  # logged with the step (latencies, probabilities, ...)
+
+
+class Agent(Protocol):
+    def reset(self, instruction: str) -> None: ...
+
+    def act(self, observation: Observation) -> AgentOutput: ...
+
+
+@dataclass(frozen=True)
+class Step:
+    observation: Observation
+    sent: SafeCommand | None  # what reached the arm; None while holding
+    watchdog: str  # "ok" | "hold" | "stop"
+    agent_info: dict
+    late: bool
+
+
+@dataclass(frozen=True)
+class EpisodeResult:
+    status: EpisodeStatus
+    steps: int
+    duration_s: float
+    late_ticks: int
+    reason: str = ""
+
+
+class Subscriber(Protocol):
+    def on_episode_start(self, instruction: str) -> None: ...
+
+    def on_step(self, step: Step) -> None: ...
+
+    def on_episode_end(self, result: EpisodeResult) -> None: ...
+
+
+class RobotLike(Protocol):
+    """What the loop needs from robot.factory.Robot (kept structural to ease testing with the twin)."""
+
+    arm: object
+    gripper: object
+    camera: object
+    clock: object
+    safety: object
+
+    def observe_parts(self) -> tuple[CameraFrame, ArmState, GripperState]: ...
+
+
+@dataclass
+class ControlLoop:
+    robot: RobotLike
+    rate_hz: float
+    hold_after_s: float
+    stop_after_s: float
+    subscribers: Sequence[Subscriber] = ()
+    # A tick that starts later than this fraction of the period counts as late.
+    late_fraction: float = 0.2
+
+    @property
+    def period_s(self) -> float:
+        return 1.0 / self.rate_hz
+
+    def run_episode(self, agent: Agent, instruction: str, max_duration_s: float,
+                    is_success: Callable[[], bool] | None = None) -> EpisodeResult:
+        """Run one episode in servo mode from wherever the arm is; always leaves servo mode."""
+        clock, arm = self.robot.clock, self.robot.arm
+        watchdog = Watchdog(self.hold_after_s, self.stop_after_s, clock)
+        agent.reset(instruction)
+        for subscriber in self.subscribers:
+            subscriber.on_episode_start(instruction)
+        arm.start_servo()
+        start_s = clock.now_s()
+        max_steps = max(1, math.ceil(max_duration_s * self.rate_hz))
+        result: EpisodeResult | None = None
+        steps = late_ticks = 0
+        try:
+            for steps in range(1, max_steps + 1):
+                tick_s = start_s + (steps - 1) * self.period_s
+                late = clock.now_s() - tick_s > self.late_fraction * self.period_s
+                late_ticks += late
+                frame, arm_state, gripper_state = self.robot.observe_parts()
+                observation = Observation(frame, arm_state, gripper_state, instruction, steps - 1, tick_s)
+                output = self._ask(agent, observation)
+                status, sent = self._apply(output, arm_state, watchdog)
+                step = Step(observation, sent, status, output.info, late)
+                for subscriber in self.subscribers:
+                    subscriber.on_step(step)
+                result = self._episode_end(output, status, steps, clock.now_s() - start_s, late_ticks, is_success)
+                if result is not None:
+                    break
+                clock.sleep_until(start_s + steps * self.period_s)
+            if result is None:
+                result = EpisodeResult(EpisodeStatus.TIMEOUT, steps, clock.now_s() - start_s, late_ticks,
+                                       f"no success within {max_duration_s:g} s")
+        except RobotError as error:
+            log.error("episode aborted by a hardware error: %s", error)
+            result = EpisodeResult(EpisodeStatus.ABORTED, steps, clock.now_s() - start_s, late_ticks,
+                                   f"{type(error).__name__}: {error}")
+        finally:
+            _leave_servo(arm)
+        for subscriber in self.subscribers:
+            subscriber.on_episode_end(result)
+        return result
+
+    @staticmethod
+    def _ask(agent: Agent, observation: Observation) -> AgentOutput:
+        try:
+            return agent.act(observation)
+        except (OSError, TimeoutError, ConnectionError) as error:
+            # A failed remote policy is a missing command, handled by the watchdog.
+            log.warning("agent failed at step %d: %s", observation.step, error)
+            return AgentOutput(None, info={"agent_error": f"{type(error).__name__}: {error}"})
+
+    def _apply(self, output: AgentOutput, arm_state: ArmState, watchdog: Watchdog) -> tuple[str, SafeCommand | None]:
+        arm, safety = self.robot.arm, self.robot.safety
+        sent = None
+        if output.command is not None:
+            sent = safety.filter(output.command, arm_state, self.period_s)
+            if sent.rejected:
+                sent = None
+            else:
+                watchdog.feed()
+        status = watchdog.status()
+        if status == "ok" and sent is not None:
+            arm.servo_joints(sent.joints_rad, reach_in_s=self.period_s)
+            self.robot.gripper.command(sent.gripper)
+            return status, sent
+        arm.hold()  # nothing fresh and safe: stay where we are, never replay an old command
+        return status, None
+
+    @staticmethod
+    def _episode_end(output: AgentOutput, status: str, steps: int, elapsed_s: float, late_ticks: int,
+                     is_success: Callable[[], bool] | None) -> EpisodeResult | None:
+        def end(kind: EpisodeStatus, reason: str) -> EpisodeResult:
+            return EpisodeResult(kind, steps, elapsed_s, late_ticks, reason)
+
+        if status == "stop":
+            return end(EpisodeStatus.ABORTED, "watchdog: no fresh command; arm stopped")
+        for event, kind in ((Event.QUIT, EpisodeStatus.QUIT), (Event.DISCARD, EpisodeStatus.DISCARDED),
+                            (Event.SAVE, EpisodeStatus.COMPLETED), (Event.DONE, EpisodeStatus.COMPLETED)):
+            if event in output.events:
+                return end(kind, f"agent raised {event.value}")
+        if is_success is not None and is_success():
+            return end(EpisodeStatus.COMPLETED, "success detected")
+        return None
+
+
+def _leave_servo(arm) -> None:
+    try:
+        arm.hold()
+        arm.stop_servo()
+    except RobotError as error:  # already failing: report, do not mask the original outcome
+        log.error("could not leave servo mode cleanly: %s", error)
