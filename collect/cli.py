@@ -1,0 +1,139 @@
+"""``fanvla collect ...``: inspect, view, merge and filter episode stores.
+
+Each subcommand is added by one ``_add_<name>(commands)`` function listed in :data:`SUBCOMMANDS`; the
+recorder adds ``record`` the same way. Handlers import their heavy modules lazily and turn store
+errors into one clear message (exit code 2).
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+from collections.abc import Callable
+
+from robot.cli import add_config_argument
+
+
+def _store_errors_as_user_errors(handler: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    @functools.wraps(handler)
+    def wrapped(args: argparse.Namespace) -> int:
+        from collect.errors import StoreError
+        from fanvla.cli import UserError
+
+        try:
+            return handler(args)
+        except StoreError as error:
+            raise UserError(str(error)) from None
+        except (IndexError, KeyError, ValueError) as error:
+            raise UserError(str(error).strip("'\"")) from None
+
+    return wrapped
+
+
+def _add_info(commands: argparse._SubParsersAction) -> None:
+    info = commands.add_parser("info", help="episodes, frames, no-ops, per instruction/object counts, duration")
+    info.add_argument("store", help="episode store (a .zarr directory)")
+    info.add_argument("--json", action="store_true",
+                      help="print one JSON object (keys episodes, frames, noop_frames, ...)")
+    info.set_defaults(func=_info)
+
+
+@_store_errors_as_user_errors
+def _info(args: argparse.Namespace) -> int:
+    from collect.store import EpisodeStore
+    from collect.summary import format_summary, store_summary
+
+    with EpisodeStore.open(args.store, mode="r") as store:
+        summary = store_summary(store)
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        print(format_summary(summary))
+    return 0
+
+
+def _add_view(commands: argparse._SubParsersAction) -> None:
+    view = commands.add_parser("view", help="an episode as an MP4 with state/action overlay, and a PNG action plot")
+    view.add_argument("store")
+    view.add_argument("--episode", type=int, required=True, help="episode index (negative counts from the end)")
+    view.add_argument("--out", required=True, help="output video, e.g. ep.mp4")
+    view.add_argument("--plot", default=None, help="output plot (default: the video path with .png)")
+    view.set_defaults(func=_view)
+
+
+@_store_errors_as_user_errors
+def _view(args: argparse.Namespace) -> int:
+    from collect.store import EpisodeStore
+    from collect.video import write_episode_video
+
+    with EpisodeStore.open(args.store, mode="r") as store:
+        written = write_episode_video(store, args.episode, args.out, args.plot)
+    print(f"wrote {written['video']} ({written['frames']} frames) and {written['plot']}")
+    return 0
+
+
+def _add_merge(commands: argparse._SubParsersAction) -> None:
+    merge = commands.add_parser("merge", help="copy the episodes of several compatible stores into a new store")
+    merge.add_argument("out", help="the new store (must not exist)")
+    merge.add_argument("stores", nargs="+", help="source stores, copied in this order")
+    merge.set_defaults(func=_merge)
+
+
+@_store_errors_as_user_errors
+def _merge(args: argparse.Namespace) -> int:
+    from collect.merge import merge_stores
+
+    with merge_stores(args.out, args.stores) as out:
+        print(f"wrote {out.path}: {out.num_episodes} episodes, {out.num_frames} frames from {len(args.stores)} stores")
+    return 0
+
+
+def _add_filter(commands: argparse._SubParsersAction) -> None:
+    filter_ = commands.add_parser(
+        "filter", help="recompute the no-op mask with other thresholds (raw data untouched)",
+        description="Recompute the per-step no-op mask (collect/noop.py) of every episode. Thresholds default to "
+                    "hardware.yaml recording.noop_joint_eps_deg / noop_gripper_eps. Only the mask is rewritten, "
+                    "atomically: an interrupted filter leaves the old mask.")
+    filter_.add_argument("store")
+    eps = filter_.add_mutually_exclusive_group()
+    eps.add_argument("--joint-eps-deg", type=float, default=None, help="joint motion below this is no motion (deg)")
+    eps.add_argument("--joint-eps-rad", type=float, default=None, help="the same threshold in rad")
+    filter_.add_argument("--gripper-eps", type=float, default=None,
+                         help="gripper command changes up to this are no change (0..1)")
+    add_config_argument(filter_)
+    filter_.set_defaults(func=_filter)
+
+
+@_store_errors_as_user_errors
+def _filter(args: argparse.Namespace) -> int:
+    from collect.merge import recompute_noop
+    from collect.noop import NoopThresholds
+    from robot.units import deg_to_rad
+
+    needs_config = args.gripper_eps is None or (args.joint_eps_deg is None and args.joint_eps_rad is None)
+    if needs_config:
+        from fanvla.config import load_hardware_config
+
+        defaults = NoopThresholds.from_config(load_hardware_config(args.config))
+    if args.joint_eps_deg is not None:
+        joint_eps_rad = deg_to_rad(args.joint_eps_deg)
+    else:
+        joint_eps_rad = args.joint_eps_rad if args.joint_eps_rad is not None else defaults.joint_eps_rad
+    gripper_eps = args.gripper_eps if args.gripper_eps is not None else defaults.gripper_eps
+    result = recompute_noop(args.store, NoopThresholds(joint_eps_rad, gripper_eps))
+    share = 100.0 * result["noop_frames"] / result["frames"] if result["frames"] else 0.0
+    print(f"{result['path']}: {result['noop_frames']} of {result['frames']} frames are no-ops ({share:.1f} %; "
+          f"was {result['noop_frames_before']}) with joint_eps {joint_eps_rad:.4g} rad, gripper_eps {gripper_eps:g}")
+    return 0
+
+
+# The recorder's author adds ``_add_record`` here (``fanvla collect record ...``).
+SUBCOMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (_add_info, _add_view, _add_merge, _add_filter)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    collect = subparsers.add_parser("collect", help="demonstration episode stores: info, view, merge, filter")
+    commands = collect.add_subparsers(dest="collect_command", metavar="COLLECT_COMMAND", required=True)
+    for add in SUBCOMMANDS:
+        add(commands)
