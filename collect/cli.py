@@ -128,12 +128,58 @@ def _filter(args: argparse.Namespace) -> int:
     return 0
 
 
-# The recorder's author adds ``_add_record`` here (``fanvla collect record ...``).
-SUBCOMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (_add_info, _add_view, _add_merge, _add_filter)
+def _add_record(commands: argparse._SubParsersAction) -> None:
+    record = commands.add_parser(
+        "record", help="record demonstrations (teleop device or, in the twin, the scripted expert) into a store",
+        description="Record episodes into an episode store at hardware.yaml recording.rate_hz. STORE is created, or "
+                    "resumed when it exists (refused if it was recorded with another configuration). --episodes is "
+                    "the number of episodes the store holds at the end, so re-running the same command after an "
+                    "interruption records only what is missing. Objects cycle over scene.objects unless --object "
+                    "is given (--episodes 150 with three objects = 50 per object).")
+    record.add_argument("--backend", choices=("sim", "real"), required=True)
+    record.add_argument("--teleop", choices=("keyboard", "spacemouse", "gamepad", "scripted"), required=True,
+                        help="input device; scripted = the twin's scripted expert (sim only, non-interactive)")
+    record.add_argument("--episodes", type=int, required=True, help="episodes the store should hold at the end")
+    record.add_argument("--out", required=True, help="episode store (a .zarr directory), created or resumed")
+    record.add_argument("--instruction", default=None, help="task text (default: scene.instruction_template)")
+    record.add_argument("--object", default=None, help="record only this object of scene.objects")
+    record.add_argument("--seed", type=int, default=0, help="scene and expert seed (sim)")
+    record.add_argument("--resume", action="store_true", help="STORE must already exist (append to it)")
+    record.add_argument("--keyboard", choices=("auto", "pynput", "terminal"), default="auto",
+                        help="keyboard backend: pynput needs an X display; terminal reads raw keys (SSH, Wayland)")
+    record.add_argument("--max-episode-s", type=float, default=None,
+                        help="episode time limit (default 60 s scripted, 600 s teleop)")
+    add_config_argument(record)
+    record.set_defaults(func=_record)
+
+
+@_store_errors_as_user_errors
+def _record(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from collect.session import RecordingSession, SessionOptions
+    from collect.teleop import TeleopUnavailableError
+    from fanvla.cli import UserError
+    from fanvla.config import load_hardware_config
+
+    config = load_hardware_config(args.config)
+    options = SessionOptions(backend=args.backend, teleop=args.teleop, episodes=args.episodes, store=Path(args.out),
+                             instruction=args.instruction, object_name=args.object, seed=args.seed,
+                             keyboard=args.keyboard, require_existing=args.resume, max_episode_s=args.max_episode_s)
+    try:
+        summary = RecordingSession(config, options).run()
+    except TeleopUnavailableError as error:
+        raise UserError(str(error)) from None
+    print(summary.text())
+    return 0
+
+
+SUBCOMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
+    _add_info, _add_view, _add_merge, _add_filter, _add_record)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    collect = subparsers.add_parser("collect", help="demonstration episode stores: info, view, merge, filter")
+    collect = subparsers.add_parser("collect", help="demonstration episode stores: record, info, view, merge, filter")
     commands = collect.add_subparsers(dest="collect_command", metavar="COLLECT_COMMAND", required=True)
     for add in SUBCOMMANDS:
         add(commands)

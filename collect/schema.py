@@ -59,6 +59,7 @@ RECORDING_KEYS: dict[str, KeySpec] = {
     "command_tcp_pose": _low_dim("float64", (6,), POSE_UNIT, "TCP target sent after the safety layer"),
     "command_gripper": _low_dim("float32", (), "0 closed .. 1 open", "gripper command sent"),
     "command_clamped": _low_dim("bool", (), "flag", "the safety layer changed the agent's command"),
+    "command_held": _low_dim("bool", (), "flag", "no fresh safe command: the arm held (command = measured state)"),
 }
 
 # hardware.yaml fields that do not change what is recorded (connection and start-up settings):

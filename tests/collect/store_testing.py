@@ -49,6 +49,7 @@ def make_step(seed: int, t: int, schema: StoreSchema) -> dict[str, object]:
         "command_tcp_pose": np.array([301.0 + t, -50.0 + seed, 199.0, np.pi, 0.0, 0.1 * t]),
         "command_gripper": np.float32(1.0 if t < 5 else 0.0),
         "command_clamped": bool(t % 7 == 3),
+        "command_held": bool(t % 5 == 4),
     }
     for key, spec in schema.keys.items():
         if spec.is_image:
