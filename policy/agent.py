@@ -1,0 +1,214 @@
+"""The policy as a control-loop agent: observation -> policy (remote or in-process) -> arm command.
+
+``PolicyAgent`` implements ``robot.runtime.Agent``. Each tick it sends the colour image and instruction (and,
+if asked, the robot state) to a ``Policy``, converts the predicted action into a command with
+``policy.action_space.command_from_action`` in the checkpoint's action space, and returns it. An action that
+arrives later than ``max_action_age_s`` after its observation (robot clock), or none at all (timeout, server
+down, server error), yields *no* command: the loop holds the arm and its watchdog takes over. Nothing is ever
+cached, so a stale action is never replayed.
+
+Two policies: ``RemotePolicy`` (``policy.client``, no torch needed) and ``LocalPolicy`` (an in-process
+``policy.inference.InferenceEngine``; torch is imported only when one is built).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+import numpy as np
+
+from policy.action_space import ACTION_DIM, action_space, command_from_action
+from policy.client import (
+    PolicyClient,
+    PolicyProtocolError,
+    PolicyServerError,
+    PolicyTimeoutError,
+    PolicyUnavailableError,
+)
+from robot.clock import Clock
+from robot.runtime import AgentOutput, Observation
+
+if TYPE_CHECKING:
+    from policy.inference import InferenceEngine
+
+log = logging.getLogger(__name__)
+
+# The optional state sent with each observation: measured joints, measured TCP pose, gripper opening.
+STATE_LAYOUT = ("joints_rad (6)", "tcp_pose (6: x_mm, y_mm, z_mm, rx_rad, ry_rad, rz_rad)", "gripper opening (1)")
+STATE_DIM = 13
+# With a simulated clock no robot time passes while the policy thinks, so a slow answer is not stale; the
+# request still gets a (real-time) limit so that a hung server cannot hang the episode.
+SIMULATED_CLOCK_TIMEOUT_S = 10.0
+# Failures that mean "no action this tick" (the watchdog handles them); anything else is a configuration
+# error (wrong token, a request the server refuses) and ends the episode.
+TRANSIENT_POLICY_ERRORS = (PolicyTimeoutError, PolicyUnavailableError, PolicyServerError, PolicyProtocolError)
+
+
+class PolicyChangedError(RuntimeError):
+    """The server answered with another checkpoint than the one the episode started with."""
+
+
+@dataclass(frozen=True)
+class PolicySpec:
+    """What the robot side must know about the checkpoint it runs."""
+
+    action_space: str
+    checkpoint_id: str
+    unnorm_key: str
+    state_dim: int | None = None
+    image_size: int | None = None
+
+    @classmethod
+    def from_metadata(cls, metadata: dict[str, Any]) -> PolicySpec:
+        """From the server's ``GET /metadata`` (the same fields ``InferenceEngine.metadata`` produces)."""
+        try:
+            return cls(action_space=str(metadata["action_space"]["name"]),
+                       checkpoint_id=str(metadata["checkpoint"]["id"]), unnorm_key=str(metadata["unnorm_key"]),
+                       state_dim=metadata.get("state_dim"), image_size=metadata.get("image_size"))
+        except (KeyError, TypeError) as error:
+            raise PolicyProtocolError(f"the server's metadata lacks {error}: is it a fanvla policy server?") from None
+
+
+@dataclass(frozen=True)
+class PolicyOutput:
+    actions: np.ndarray  # (B, 7) float64 in the checkpoint's action space
+    checkpoint_id: str
+    server_timing: dict[str, float] = field(default_factory=dict)  # seconds: decode, queue, inference, total
+    bin_probs: np.ndarray | None = None
+
+
+class Policy(Protocol):
+    def describe(self) -> PolicySpec: ...
+
+    def predict(self, images: Sequence[np.ndarray], instructions: Sequence[str],
+                states: Sequence[np.ndarray] | None = None, timeout_s: float | None = None) -> PolicyOutput: ...
+
+
+class RemotePolicy:
+    """A policy server reached through ``PolicyClient``."""
+
+    def __init__(self, client: PolicyClient, unnorm_key: str | None = None) -> None:
+        self.client, self.unnorm_key = client, unnorm_key
+
+    @classmethod
+    def connect(cls, url: str, *, token_file: str | Path | None = None, **client_options: Any) -> RemotePolicy:
+        return cls(PolicyClient(url, token_file=token_file, **client_options))
+
+    def describe(self) -> PolicySpec:
+        """Asks ``GET /metadata`` each time (once per episode): a restarted server may serve another checkpoint."""
+        metadata = self.client.metadata()
+        spec = PolicySpec.from_metadata(metadata)
+        if self.unnorm_key is None:
+            return spec
+        if self.unnorm_key not in metadata.get("unnorm_keys", []):
+            raise ValueError(f"unnorm_key '{self.unnorm_key}' is not served by {self.client.url}; it has "
+                             f"{metadata.get('unnorm_keys')}")
+        return replace(spec, unnorm_key=self.unnorm_key)
+
+    def predict(self, images: Sequence[np.ndarray], instructions: Sequence[str],
+                states: Sequence[np.ndarray] | None = None, timeout_s: float | None = None) -> PolicyOutput:
+        if len(images) == 1:
+            reply = self.client.act(images[0], instructions[0], None if states is None else states[0],
+                                    unnorm_key=self.unnorm_key, timeout_s=timeout_s)
+        else:
+            reply = self.client.act_batch(images, instructions, states, unnorm_key=self.unnorm_key,
+                                          timeout_s=timeout_s)
+        return PolicyOutput(reply.actions, reply.checkpoint_id, reply.timing, reply.bin_probs)
+
+    def close(self) -> None:
+        self.client.close()
+
+
+class LocalPolicy:
+    """The model in this process (no network). ``timeout_s`` cannot interrupt a forward pass and is ignored."""
+
+    def __init__(self, engine: InferenceEngine) -> None:
+        self.engine = engine
+
+    @classmethod
+    def load(cls, model_dir: str | Path, **engine_options: Any) -> LocalPolicy:
+        from policy.inference import InferenceEngine
+
+        return cls(InferenceEngine.load(model_dir, **engine_options))
+
+    def describe(self) -> PolicySpec:
+        deployment = self.engine.deployment
+        return PolicySpec(deployment.action_space.name.value, deployment.checkpoint_id, deployment.unnorm_key,
+                          deployment.state_dim, self.engine.model.image_settings.image_size)
+
+    def predict(self, images: Sequence[np.ndarray], instructions: Sequence[str],
+                states: Sequence[np.ndarray] | None = None, timeout_s: float | None = None) -> PolicyOutput:
+        prediction = self.engine.predict(images, instructions)
+        return PolicyOutput(prediction.actions, self.engine.checkpoint_id,
+                            {"queue_s": prediction.queue_s, "inference_s": prediction.inference_s})
+
+    def close(self) -> None:
+        pass
+
+
+def robot_state(observation: Observation) -> np.ndarray:
+    """The state vector of ``STATE_LAYOUT`` for an observation."""
+    return np.concatenate([observation.arm.joints_rad, observation.arm.tcp_pose,
+                           [observation.gripper.command]]).astype(np.float64)
+
+
+class PolicyAgent:
+    """``robot.runtime.Agent`` driven by a ``Policy``; see the module docstring for what happens when it is late."""
+
+    def __init__(self, policy: Policy, clock: Clock, max_action_age_s: float, *, send_state: bool = False,
+                 simulated_timeout_s: float = SIMULATED_CLOCK_TIMEOUT_S) -> None:
+        if max_action_age_s <= 0:
+            raise ValueError(f"max_action_age_s must be > 0, got {max_action_age_s}")
+        self.policy, self.clock, self.max_action_age_s = policy, clock, max_action_age_s
+        self.send_state, self.simulated_timeout_s = send_state, simulated_timeout_s
+        self.spec: PolicySpec | None = None
+
+    def reset(self, instruction: str) -> None:
+        """Ask the policy what it is (once per episode: a restarted server with another checkpoint is caught)."""
+        spec = self.policy.describe()
+        action_space(spec.action_space)  # refuses an unknown action space before the arm moves
+        if self.send_state and spec.state_dim not in (None, STATE_DIM):
+            raise ValueError(f"the checkpoint expects a {spec.state_dim}-D state; this agent sends {STATE_DIM} "
+                             f"values ({', '.join(STATE_LAYOUT)})")
+        self.spec = spec
+
+    def act(self, observation: Observation) -> AgentOutput:
+        if self.spec is None:
+            raise RuntimeError("PolicyAgent.act before reset(instruction)")
+        started = time.perf_counter()
+        timeout_s = self._request_timeout_s(observation)
+        info: dict[str, Any] = {"checkpoint_id": self.spec.checkpoint_id}
+        if timeout_s <= 0:
+            return AgentOutput(None, info={**info, "stale": True, "latency_s": 0.0})
+        try:
+            output = self.policy.predict([observation.frame.color], [observation.instruction],
+                                         [robot_state(observation)] if self.send_state else None, timeout_s=timeout_s)
+        except TRANSIENT_POLICY_ERRORS as error:
+            log.warning("no action at step %d: %s", observation.step, error)
+            return AgentOutput(None, info={**info, "agent_error": f"{type(error).__name__}: {error}",
+                                           "latency_s": time.perf_counter() - started})
+        if output.checkpoint_id != self.spec.checkpoint_id:
+            raise PolicyChangedError(f"the policy now serves {output.checkpoint_id}, the episode started with "
+                                     f"{self.spec.checkpoint_id}; restart the episode deliberately")
+        action = np.asarray(output.actions[0], dtype=np.float64)
+        if action.shape != (ACTION_DIM,):
+            raise ValueError(f"the policy predicts actions of shape {action.shape}; the {self.spec.action_space} "
+                             f"action space needs {ACTION_DIM} values")
+        age_s = self.clock.now_s() - observation.time_s
+        info.update(latency_s=time.perf_counter() - started, server_timing=dict(output.server_timing), action=action,
+                    action_age_s=age_s)
+        if age_s > self.max_action_age_s:
+            info["stale"] = True
+            return AgentOutput(None, info=info)  # dropped, and never reused later
+        return AgentOutput(command_from_action(action, observation.arm, self.spec.action_space), info=info)
+
+    def _request_timeout_s(self, observation: Observation) -> float:
+        """Real-time budget of this request: what is left of the action's allowed age (robot clock)."""
+        if self.clock.is_simulated:
+            return self.simulated_timeout_s
+        return self.max_action_age_s - (self.clock.now_s() - observation.time_s)

@@ -1,0 +1,153 @@
+"""The closed-loop step log: every tick of a policy episode as one episode of a crash-safe episode store.
+
+The store has the recorder's keys (``collect.schema.RECORDING_KEYS`` plus the colour image, so ``fanvla collect
+view`` and every store tool read it) and the policy's own keys (``POLICY_STEP_KEYS``): the action predicted,
+whether a command reached the arm, the watchdog status and the latencies. Episodes that end badly are saved
+too, with ``status`` in their metadata (``aborted``, ``timeout``, ...): an evaluation needs every trial's log.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+
+from collect.layout import utc_now_iso
+from collect.recorder import step_record as recording_row
+from collect.schema import KeySpec, StoreSchema, recording_schema
+from collect.store import EpisodeStore
+from policy.action_space import ACTION_DIM
+from robot.runtime import EpisodeResult, EpisodeStatus, Step
+
+log = logging.getLogger(__name__)
+
+WATCHDOG_CODES = {"ok": 0, "hold": 1, "stop": 2}
+POLICY_STEP_KEYS: dict[str, KeySpec] = {
+    "action": KeySpec("float64", (ACTION_DIM,), "action space of the checkpoint (episode metadata 'action_space')",
+                      "action predicted for this step; NaN when none arrived"),
+    "action_received": KeySpec("bool", (), "flag", "an action arrived (it may still have been dropped as stale or "
+                                                   "rejected by the safety layer)"),
+    "command_sent": KeySpec("bool", (), "flag", "a fresh command reached the arm; false = the arm held"),
+    "watchdog": KeySpec("uint8", (), "0 ok, 1 hold, 2 stop", "watchdog status at this tick"),
+    "late": KeySpec("bool", (), "flag", "the tick started late"),
+    "policy_latency_s": KeySpec("float64", (), "s", "round trip of the policy call (NaN: not called)"),
+    "server_inference_s": KeySpec("float64", (), "s", "model time reported by the policy (NaN: none)"),
+    "server_total_s": KeySpec("float64", (), "s", "request time reported by the server (NaN: none / in-process)"),
+}
+
+
+def step_log_schema(config, intrinsics=None) -> StoreSchema:
+    """The recorder's schema (colour, no depth) plus ``POLICY_STEP_KEYS``."""
+    base = recording_schema(config, intrinsics, record_depth=False)
+    return StoreSchema(keys={**base.keys, **POLICY_STEP_KEYS}, rate_hz=base.rate_hz, image_codec=base.image_codec,
+                       noop=base.noop, camera_intrinsics=base.camera_intrinsics, hardware=base.hardware)
+
+
+def _seconds(value: Any) -> float:
+    return float(value) if isinstance(value, int | float) and math.isfinite(value) else math.nan
+
+
+def step_record(step: Step) -> dict[str, Any]:
+    """One store row for a control-loop step: the recorder's row (``collect.recorder.step_record``: while the arm
+    holds, the command keys hold the hold target) plus ``POLICY_STEP_KEYS``."""
+    info = step.agent_info
+    action = info.get("action")
+    timing = info.get("server_timing") or {}
+    return {
+        **recording_row(step, record_depth=False),
+        "action": np.asarray(action, dtype=np.float64) if action is not None else np.full(ACTION_DIM, np.nan),
+        "action_received": action is not None,
+        "command_sent": step.sent is not None,
+        "watchdog": np.uint8(WATCHDOG_CODES[str(step.watchdog)]),
+        "late": bool(step.late),
+        "policy_latency_s": _seconds(info.get("latency_s")),
+        "server_inference_s": _seconds(timing.get("inference_s")),
+        "server_total_s": _seconds(timing.get("total_s")),
+    }
+
+
+class EpisodeSummary:
+    """A control-loop subscriber counting what the policy did in an episode (held ticks, errors, latencies)."""
+
+    def __init__(self) -> None:
+        self.on_episode_start("")
+
+    def on_episode_start(self, instruction: str) -> None:
+        self.steps = self.sent = self.received = self.stale = self.errors = 0
+        self.latencies_s: list[float] = []
+
+    def on_step(self, step: Step) -> None:
+        info = step.agent_info
+        self.steps += 1
+        self.sent += step.sent is not None
+        self.received += info.get("action") is not None
+        self.stale += bool(info.get("stale"))
+        self.errors += "agent_error" in info
+        if math.isfinite(_seconds(info.get("latency_s"))):
+            self.latencies_s.append(float(info["latency_s"]))
+
+    def on_episode_end(self, result: EpisodeResult) -> None:
+        pass
+
+    def summary(self) -> dict[str, Any]:
+        latencies = np.asarray(self.latencies_s)
+        quantile = (lambda q: float(np.quantile(latencies, q))) if latencies.size else (lambda q: None)
+        return {"commands_sent": self.sent, "held_steps": self.steps - self.sent, "actions_received": self.received,
+                "stale_actions": self.stale, "policy_errors": self.errors, "latency_p50_s": quantile(0.5),
+                "latency_p99_s": quantile(0.99), "latency_max_s": float(latencies.max()) if latencies.size else None}
+
+
+class StepLog:
+    """A control-loop subscriber writing each episode into ``store`` (opened for appending).
+
+    ``begin(meta)`` before an episode adds per-trial metadata (task, seed, scene, ...); ``context()`` is asked at
+    each episode start (the policy's checkpoint id and action space, known once the agent is reset);
+    ``abort(reason)`` saves what was recorded when the episode ended by an exception rather than through the
+    loop. The commit metadata adds ``status`` (= ``outcome``), ``reason``, ``success`` (status completed: a
+    policy raises no events, so only the success check completes an episode), timing, and ``summary``'s
+    counts when given."""
+
+    def __init__(self, store: EpisodeStore, meta: Mapping[str, Any] | None = None,
+                 summary: EpisodeSummary | None = None,
+                 context: Callable[[], Mapping[str, Any]] | None = None) -> None:
+        self.store, self.summary, self.context = store, summary, context
+        self._session_meta = dict(meta or {})
+        self._episode_meta: dict[str, Any] = {}
+        self._writer = None
+        self.last_index: int | None = None
+
+    def begin(self, meta: Mapping[str, Any] | None = None) -> None:
+        self._episode_meta = dict(meta or {})
+
+    def on_episode_start(self, instruction: str) -> None:
+        self.last_index = None
+        context = dict(self.context()) if self.context is not None else {}
+        self._writer = self.store.begin_episode({**self._session_meta, **context, **self._episode_meta,
+                                                 "instruction": instruction, "started_at": utc_now_iso()})
+
+    def on_step(self, step: Step) -> None:
+        self._writer.add_step(step_record(step))
+
+    def on_episode_end(self, result: EpisodeResult) -> None:
+        self._finish(result.status, result.reason, {"duration_s": result.duration_s, "late_ticks": result.late_ticks})
+
+    def abort(self, reason: str) -> None:
+        if self._writer is not None and self._writer.is_open:
+            self._finish(EpisodeStatus.ABORTED, reason, {})
+
+    def _finish(self, status: EpisodeStatus, reason: str, timing: dict[str, Any]) -> None:
+        writer, self._writer = self._writer, None
+        if writer is None or not writer.is_open:
+            return
+        if writer.num_steps == 0:  # nothing happened that could be replayed; the store refuses empty episodes
+            writer.discard()
+            log.warning("nothing to save: the episode ended before a step was logged (%s)", reason)
+            return
+        outcome = {"status": status.value, "outcome": status.value, "reason": reason,
+                   "success": status == EpisodeStatus.COMPLETED, "steps": writer.num_steps, **timing}
+        if self.summary is not None:
+            outcome.update(self.summary.summary())
+        self.last_index = writer.commit(outcome)
