@@ -1,0 +1,68 @@
+"""One batch through the model: forward, the method's loss (``finetune.losses``), metrics; and validation."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from finetune.losses import LossOutput, action_token_ids_in_bin_order, align_labels_to_multimodal, compute_loss
+from finetune.metrics import MetricSums, batch_metrics, predicted_action_tokens
+from policy.action_space import ActionSpaceSpec
+from policy.normalization import ActionStats
+from policy.openvla import OpenVLA
+
+MODEL_INPUTS = ("input_ids", "attention_mask", "pixel_values")
+
+
+@dataclass
+class BatchResult:
+    loss: LossOutput
+    metrics: MetricSums
+    samples: int
+
+
+class LossStep:
+    """Forward + loss + metrics for one batch, with the run's method, weights, precision and device."""
+
+    def __init__(self, model: OpenVLA, method: str, alpha: float, epsilon: float, stats: ActionStats,
+                 spec: ActionSpaceSpec, device: torch.device, bf16: bool) -> None:
+        self.method, self.alpha, self.epsilon = method, alpha, epsilon
+        self.action_tokenizer = model.action_tokenizer
+        self.action_ids = action_token_ids_in_bin_order(model.action_tokenizer, device)
+        self.stats, self.spec, self.device, self.bf16 = stats, spec, device, bf16
+
+    def autocast(self):
+        if not self.bf16:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
+
+    def __call__(self, module: nn.Module, batch: dict[str, torch.Tensor]) -> BatchResult:
+        inputs = {name: batch[name].to(self.device, non_blocking=True) for name in MODEL_INPUTS}
+        with self.autocast():
+            output = module(**inputs)
+        logits = output.logits
+        labels = align_labels_to_multimodal(batch["labels"].to(self.device), output.projected_patch_embeddings.shape[1])
+        loss = compute_loss(self.method, logits, labels, self.action_ids, alpha=self.alpha, epsilon=self.epsilon)
+        with torch.no_grad():
+            predicted, targets = predicted_action_tokens(logits.detach(), labels, self.action_tokenizer)
+            metrics = batch_metrics(loss, predicted, targets, batch["actions"], self.action_tokenizer, self.stats,
+                                    self.spec)
+        return BatchResult(loss=loss, metrics=metrics, samples=int(labels.shape[0]))
+
+
+@torch.no_grad()
+def evaluate(step: LossStep, model: nn.Module, batches: Iterable[dict[str, torch.Tensor]]) -> MetricSums:
+    """Sums of the metrics over this process's validation batches (the caller reduces across ranks)."""
+    was_training = model.training
+    model.eval()
+    sums = MetricSums()
+    try:
+        for batch in batches:
+            sums.merge(step(model, batch).metrics)
+    finally:
+        model.train(was_training)
+    return sums
