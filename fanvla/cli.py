@@ -18,6 +18,9 @@ COMMAND_MODULES = (
     "robot.cli",
     "collect.cli",
     "policy.cli",
+    "policy.serve_cli",
+    "finetune.cli",
+    "eval_protocols.cli",
 )
 
 

@@ -1,0 +1,238 @@
+"""``fanvla eval ...``: run the four-task protocol (twin or robot), report it, calibrate the table, list tasks.
+
+Handlers import their heavy modules lazily (mujoco, torch, flask) and turn bad input into one clear message.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from robot.cli import add_config_argument
+
+
+def _user_errors(handler: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    @functools.wraps(handler)
+    def wrapped(args: argparse.Namespace) -> int:
+        from collect.errors import StoreError
+        from eval_protocols.calibration import CalibrationError
+        from eval_protocols.console_session import SessionClosed
+        from eval_protocols.policies import PolicyError
+        from eval_protocols.results import RunDirError
+        from eval_protocols.stats import StatsInputError
+        from eval_protocols.task_spec import TaskFileError
+        from fanvla.cli import UserError
+
+        try:
+            return handler(args)
+        except (TaskFileError, RunDirError, PolicyError, CalibrationError, StatsInputError, StoreError) as error:
+            raise UserError(str(error)) from None
+        except SessionClosed as error:
+            raise UserError(f"{error}; re-run the same command to continue with the first unscored trial") from None
+        except ValueError as error:
+            raise UserError(str(error)) from None
+
+    return wrapped
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    evaluate = subparsers.add_parser("eval", help="the four-task evaluation protocol: run, report, calibrate")
+    commands = evaluate.add_subparsers(dest="eval_command", metavar="EVAL_COMMAND", required=True)
+    _add_run(commands)
+    _add_report(commands)
+    _add_calibrate(commands)
+    _add_tasks(commands)
+
+
+def _add_task_selection(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--tasks", default="all", help="'all' or comma-separated task names / paths to task YAML "
+                                                       "files (default all)")
+    parser.add_argument("--tasks-dir", default=None, help="folder of task files for names and 'all' "
+                                                          "(default: eval_protocols/tasks)")
+
+
+def _add_run(commands: argparse._SubParsersAction) -> None:
+    run = commands.add_parser("run", help="run (or resume) the trials of the selected tasks into RUN_DIR")
+    add_config_argument(run)
+    run.add_argument("--backend", choices=("sim", "real"), required=True)
+    run.add_argument("--policy", required=True, help="http(s)://host:port of 'fanvla serve', a checkpoint folder, "
+                                                     "or a baseline: scripted-expert (sim only), random")
+    _add_task_selection(run)
+    run.add_argument("--trials", type=int, default=30, help="trials per task (default 30)")
+    run.add_argument("--seed", type=int, default=0, help="run seed: trial i of a task is the same situation in every "
+                                                         "run with this seed (default 0)")
+    run.add_argument("--out", required=True, help="RUN_DIR: results, step logs and videos; re-run to resume")
+    run.add_argument("--console", action="store_true", help="operator console with the twin too (rehearsal); always "
+                                                            "on with --backend real")
+    run.add_argument("--console-port", type=int, default=8765, help="operator console port on 127.0.0.1 "
+                                                                    "(0 = any free port; default 8765)")
+    run.add_argument("--calibration", default=None, help="table calibration from 'fanvla eval calibrate' (needed "
+                                                         "with --backend real)")
+    run.add_argument("--token-file", default=None, help="bearer token file for a policy server")
+    run.add_argument("--unnorm-key", default=None, help="statistics key of the checkpoint (default: its own)")
+    run.add_argument("--device", default="cpu", help="torch device for a checkpoint folder (default cpu)")
+    run.add_argument("--threads", type=int, default=None, help="torch intra-op threads for a checkpoint folder "
+                                                               "(default: torch's choice; 1 suits tiny models)")
+    run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                     help="hardware.yaml override for this run, e.g. --set camera.color.fps=30 (repeatable)")
+    run.set_defaults(func=_run)
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    overrides = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--set {item!r}: expected KEY=VALUE, e.g. camera.color.fps=30")
+        overrides[key.strip()] = yaml.safe_load(value)
+    return overrides
+
+
+@_user_errors
+def _run(args: argparse.Namespace) -> int:
+    from eval_protocols.launch import RunOptions, run_evaluation
+    from eval_protocols.task_spec import resolve_tasks
+    from fanvla.config import load_hardware_config
+
+    config = load_hardware_config(args.config)
+    tasks = resolve_tasks(args.tasks, config.scene, args.tasks_dir)
+    options = RunOptions(args.backend, args.policy, tasks, args.trials, args.seed, Path(args.out),
+                         console=args.console or args.backend == "real", console_port=args.console_port,
+                         calibration=Path(args.calibration) if args.calibration else None, token_file=args.token_file,
+                         unnorm_key=args.unnorm_key, device=args.device, threads=args.threads,
+                         overrides=parse_overrides(args.overrides))
+
+    def on_trial(report) -> None:
+        record = report.record
+        verdict = "SUCCESS" if record["success"] else "failure"
+        print(f"[{report.done}/{report.total}] {record['task']} trial {record['trial']:02d} ({record['object']}): "
+              f"{verdict} - {record['note'] or record['episode']['reason']} ({record['episode']['steps']} steps, "
+              f"{record['wall_s']:.1f} s)", flush=True)
+
+    progress = run_evaluation(config, options, on_trial,
+                              on_console=lambda url: print(f"operator console: {url}", flush=True))
+    for task, counts in progress.items():
+        print(f"{task}: {counts['successes']}/{counts['scored']} successes ({counts['scored']} of {counts['trials']} "
+              f"trials scored)")
+    print(f"results in {args.out}; report with: fanvla eval report {args.out} --out REPORT_DIR")
+    return 0
+
+
+def _add_report(commands: argparse._SubParsersAction) -> None:
+    report = commands.add_parser("report", help="Markdown table (paper's Table 3 shape), statistics, chart, video "
+                                                "links for one or more runs")
+    report.add_argument("runs", nargs="+", help="RUN_DIRs; the first is the baseline of the comparisons")
+    report.add_argument("--out", required=True, help="report folder (README.md, chart.png, results.json)")
+    report.add_argument("--names", default=None, help="comma-separated row names, one per run (default: policy names)")
+    report.add_argument("--significance", type=float, default=0.05, help="significance level (default 0.05)")
+    report.set_defaults(func=_report)
+
+
+@_user_errors
+def _report(args: argparse.Namespace) -> int:
+    from eval_protocols.report import README, summary_lines, write_report
+
+    names = [n.strip() for n in args.names.split(",")] if args.names else None
+    numbers = write_report([Path(r) for r in args.runs], Path(args.out), names, args.significance)
+    for line in summary_lines(numbers):
+        print(line)
+    for comparison in numbers["comparisons"]:
+        if comparison["significant"]:
+            print(f"significant: {comparison['task']} {comparison['run']} vs {comparison['baseline']} "
+                  f"(p = {comparison['fisher_p']:.4f})")
+    print(f"wrote {Path(args.out) / README}")
+    return 0
+
+
+def _add_calibrate(commands: argparse._SubParsersAction) -> None:
+    calibrate = commands.add_parser("calibrate", help="store the table calibration used for the placement markers")
+    add_config_argument(calibrate)
+    calibrate.add_argument("--backend", choices=("sim", "real"), required=True)
+    calibrate.add_argument("--points", default=None,
+                           help="YAML file 'points: [{x_mm, y_mm, u_px, v_px}, ...]' (4 or more table points in "
+                                "the base frame and their pixels; real backend)")
+    calibrate.add_argument("--snapshot", default=None, help="also save the camera's current image (PNG) to read "
+                                                            "pixel coordinates from")
+    calibrate.add_argument("--preview", default=None, help="save the camera image with the nominal placements drawn "
+                                                           "through the new calibration (PNG), to check it")
+    calibrate.add_argument("--out", required=True, help="calibration file to write (JSON)")
+    calibrate.set_defaults(func=_calibrate)
+
+
+@_user_errors
+def _calibrate(args: argparse.Namespace) -> int:
+    from PIL import Image
+
+    from eval_protocols.calibration import TableCalibration, draw_placement, read_points_file
+    from fanvla.config import load_hardware_config
+    from robot.factory import open_robot
+    from robot.scene import PerturbationRanges, SceneSampler
+
+    config = load_hardware_config(args.config)
+    if args.backend == "real" and not args.points and not args.snapshot:
+        raise ValueError("--backend real needs --points FILE (take a --snapshot first to read the pixels from)")
+    with open_robot(config, args.backend) as robot:
+        if robot.twin is not None:
+            robot.twin.reset_scene(SceneSampler(config).sample(0, ranges=PerturbationRanges()))
+            robot.clock.sleep(0.2)
+        image = robot.camera.latest().color
+        if args.snapshot:
+            Image.fromarray(image).save(args.snapshot)
+            print(f"snapshot: {args.snapshot}")
+        if args.points:
+            table_xy, pixels, intrinsics = read_points_file(args.points)
+            calibration = TableCalibration.from_table_points(table_xy, pixels, intrinsics or robot.camera.intrinsics)
+        elif robot.twin is not None:
+            calibration = TableCalibration.from_twin(robot.twin)
+        else:
+            return 0  # snapshot only
+    calibration.save(args.out)
+    print(f"{args.out}: {calibration.method}, reprojection error {calibration.reprojection_rms_px:.2f} px RMS")
+    if args.preview:
+        nominal = SceneSampler(config).sample(0, ranges=PerturbationRanges())
+        Image.fromarray(draw_placement(image, calibration, nominal)).save(args.preview)
+        print(f"preview: {args.preview}")
+    return 0
+
+
+def _add_tasks(commands: argparse._SubParsersAction) -> None:
+    tasks = commands.add_parser("tasks", help="validate task files and print their trials (what the operator sets up)")
+    add_config_argument(tasks)
+    _add_task_selection(tasks)
+    tasks.add_argument("--trials", type=int, default=0, help="also print the first N trials of each task")
+    tasks.add_argument("--seed", type=int, default=0)
+    tasks.add_argument("--json", action="store_true", help="print JSON (tasks, and trials with their scene specs)")
+    tasks.set_defaults(func=_tasks)
+
+
+@_user_errors
+def _tasks(args: argparse.Namespace) -> int:
+    from eval_protocols.task_spec import resolve_tasks
+    from fanvla.config import load_hardware_config
+    from robot.scene import SceneSampler
+
+    config = load_hardware_config(args.config)
+    tasks = resolve_tasks(args.tasks, config.scene, args.tasks_dir)
+    sampler = SceneSampler(config)
+    out = []
+    for task in tasks:
+        trials = [task.trial(sampler, args.seed, i) for i in range(args.trials)]
+        preview = [{"trial": t.index, "seed": t.seed, "instruction": t.instruction, "scene": t.scene.to_dict()}
+                   for t in trials]
+        out.append({**task.describe(), "trials_preview": preview})
+        if not args.json:
+            print(f"{task.name}: {task.title} ({task.path.name}, sha256 {task.sha256[:12]}; {task.max_duration_s:g} s, "
+                  f"objects {', '.join(task.objects)})")
+            for trial in trials:
+                print(f"  trial {trial.index:02d}: {trial.scene.operator_text()}")
+    if args.json:
+        json.dump(out, sys.stdout, indent=2)
+        print()
+    return 0

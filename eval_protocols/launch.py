@@ -1,0 +1,104 @@
+"""Wiring of ``fanvla eval run``: policy, run directory, robot, judge (and console), then the trials.
+
+Cheap checks come first (task files, policy identity against RUN_DIR's run.json) so that a refused command never
+moves the arm. Everything opened is closed again, in reverse order, also on errors and Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from eval_protocols.evaluation import Evaluation, TrialReport, sim_eval_overrides
+from eval_protocols.policies import open_policy
+from eval_protocols.results import RunIdentity, RunStore
+from eval_protocols.task_spec import TaskSpec
+from fanvla import __version__
+from fanvla.config import HardwareConfig, config_snapshot
+
+log = logging.getLogger(__name__)
+
+CONSOLE_LINGER_S = 2.0  # the console stays up this long after the last score, so the page can say "finished"
+
+
+@dataclass
+class RunOptions:
+    backend: str
+    policy: str
+    tasks: list[TaskSpec]
+    trials: int
+    seed: int
+    run_dir: Path
+    console: bool = False  # operator console (always on for the real backend)
+    console_port: int = 0
+    calibration: Path | None = None  # table calibration; the twin computes its own when None
+    token_file: str | None = None
+    unnorm_key: str | None = None
+    device: str = "cpu"
+    threads: int | None = None  # torch intra-op threads for a checkpoint folder (None: torch's choice)
+    overrides: dict[str, Any] = field(default_factory=dict)  # hardware.yaml dotted-key overrides
+
+
+def evaluation_config(config: HardwareConfig, backend: str, overrides: dict[str, Any]) -> HardwareConfig:
+    """The configuration trials run with: the twin's evaluation camera settings, then the user's overrides."""
+    merged = {**(sim_eval_overrides(config) if backend == "sim" else {}), **overrides}
+    return config.with_overrides(merged) if merged else config
+
+
+def run_evaluation(config: HardwareConfig, options: RunOptions,
+                   on_trial: Callable[[TrialReport], None] | None = None,
+                   on_console: Callable[[str], None] | None = None) -> dict[str, dict[str, int]]:
+    """Run every unscored trial; returns per-task progress {task: {trials, scored, successes}}."""
+    from robot.factory import open_robot
+
+    if options.trials < 1:
+        raise ValueError(f"--trials must be >= 1, got {options.trials}")
+    config = evaluation_config(config, options.backend, options.overrides)
+    with ExitStack() as stack:
+        policy = open_policy(options.policy, options.backend, token_file=options.token_file,
+                             unnorm_key=options.unnorm_key, device=options.device, threads=options.threads)
+        stack.callback(policy.close)
+        identity = RunIdentity(policy.identity, options.backend, options.seed, options.trials)
+        extra = {"software_version": __version__, "hardware": config_snapshot(config),
+                 "hardware_overrides": options.overrides}
+        store = stack.enter_context(RunStore.open_for_run(options.run_dir, identity,
+                                                          {t.name: t.describe() for t in options.tasks}, extra))
+        robot = stack.enter_context(open_robot(config, options.backend, seed=options.seed))
+        judge = _judge(robot, options, stack, on_console)
+        evaluation = Evaluation(robot, policy, judge, store, options.tasks, options.trials, options.seed, on_trial)
+        progress = evaluation.run()
+        if hasattr(judge, "session"):
+            judge.session.finish(progress)
+            time.sleep(CONSOLE_LINGER_S)
+        return progress
+
+
+def _judge(robot, options: RunOptions, stack: ExitStack, on_console: Callable[[str], None] | None):
+    from eval_protocols.judges import OperatorJudge, TwinJudge
+
+    if options.backend == "sim" and not options.console:
+        return TwinJudge(robot)
+    from eval_protocols.calibration import TableCalibration
+    from eval_protocols.console_app import ConsoleServer, create_console_app
+    from eval_protocols.console_session import ConsoleSession
+
+    if options.calibration is not None:
+        calibration = TableCalibration.load(options.calibration)
+    elif robot.twin is not None:
+        calibration = TableCalibration.from_twin(robot.twin)
+    else:
+        raise ValueError("the real backend needs a table calibration for the placement markers: make one with "
+                         "'fanvla eval calibrate --backend real ...' and pass --calibration FILE")
+    session = ConsoleSession()
+    stack.callback(session.close)
+    app = create_console_app(session, lambda: robot.camera.latest().color, calibration)
+    server = stack.enter_context(ConsoleServer(app, options.console_port))
+    log.info("operator console: %s", server.url)
+    if on_console is not None:
+        on_console(server.url)
+    return OperatorJudge(robot, session)

@@ -1,0 +1,205 @@
+"""The policy under test: a policy server, a checkpoint in this process, or a baseline agent.
+
+``open_policy(spec, robot)`` turns the ``--policy`` argument into a ``PolicyUnderTest``:
+
+- ``http(s)://...``: a running ``fanvla serve`` (``policy.agent.RemotePolicy``); identity from its /metadata.
+- a directory: a checkpoint loaded in this process (``policy.agent.LocalPolicy``); identity from its
+  fingerprint (``fanvla.json`` or the weights' hash).
+- ``scripted-expert`` (sim only): ``collect.expert.ScriptedExpert`` planning from the twin's privileged state.
+- ``random`` (sim or real): ``RandomAgent``, uniformly random TCP steps and gripper flips.
+
+Policies run through ``policy.runner.ClosedLoopRunner``; baseline agents through ``AgentRunner``, the same
+control loop with the same step log and summary, so every trial is logged alike. Each trial gets a fresh runner
+(its own step-log store) and, for baselines, an agent seeded by the trial seed, so a sim trial is reproducible.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from collect.store import EpisodeStore
+from policy.runner import ClosedLoopResult, ClosedLoopRunner
+from policy.step_log import EpisodeSummary, StepLog
+from robot.runtime import Agent, AgentOutput, ControlLoop, Observation, Subscriber
+from robot.safety import Command
+
+log = logging.getLogger(__name__)
+
+BASELINES = ("scripted-expert", "random")
+SIM_ONLY_BASELINES = ("scripted-expert",)
+
+
+class PolicyError(ValueError):
+    """The --policy argument cannot be used (unknown name, unreachable server, sim-only baseline at the robot)."""
+
+
+def _source_hash(*modules: Any) -> str:
+    digest = hashlib.sha256()
+    for module in modules:
+        digest.update(Path(module.__file__).read_bytes())
+    return "sha256:" + digest.hexdigest()
+
+
+class RandomAgent:
+    """Random TCP steps within ``step_mm`` / ``step_deg`` per axis and a gripper that flips with ``flip_probability``
+    per tick: a policy that knows nothing, so its success rate says how often the scorer is fooled by chance."""
+
+    def __init__(self, rng: np.random.Generator, step_mm: float = 12.0, step_deg: float = 4.0,
+                 flip_probability: float = 0.05) -> None:
+        self.rng, self.step_mm, self.step_rad = rng, step_mm, np.radians(step_deg)
+        self.flip_probability = flip_probability
+        self.gripper = 1.0
+
+    def reset(self, instruction: str) -> None:
+        self.gripper = 1.0
+
+    def act(self, observation: Observation) -> AgentOutput:
+        delta = np.concatenate([self.rng.uniform(-self.step_mm, self.step_mm, 3),
+                                self.rng.uniform(-self.step_rad, self.step_rad, 3)])
+        if self.rng.random() < self.flip_probability:
+            self.gripper = 1.0 - self.gripper
+        target = np.asarray(observation.arm.tcp_pose, dtype=np.float64) + delta
+        return AgentOutput(Command.to_pose(target, self.gripper), info={"action": np.append(delta, self.gripper)})
+
+
+class AgentRunner:
+    """``ClosedLoopRunner``'s episode for any ``robot.runtime.Agent``: control loop + summary + step log."""
+
+    def __init__(self, robot, agent: Agent, name: str, *, step_log: EpisodeStore | None,
+                 subscribers: Sequence[Subscriber] = ()) -> None:
+        config = robot.config
+        self.agent, self.name = agent, name
+        self.summary = EpisodeSummary()
+        self.step_log = None if step_log is None else StepLog(step_log, {"backend": robot.backend}, self.summary,
+                                                              context=lambda: {"agent": name})
+        chain: list[Subscriber] = [self.summary, *([self.step_log] if self.step_log else []), *subscribers]
+        self.loop = ControlLoop(robot, config.recording.rate_hz, config.safety.watchdog_hold_s,
+                                config.safety.watchdog_stop_s, chain)
+
+    def run_episode(self, instruction: str, max_duration_s: float, is_success: Callable[[], bool] | None = None,
+                    meta: Mapping[str, Any] | None = None) -> ClosedLoopResult:
+        if self.step_log is not None:
+            self.step_log.begin(meta)
+        try:
+            episode = self.loop.run_episode(self.agent, instruction, max_duration_s, is_success)
+        except BaseException as error:
+            if self.step_log is not None:
+                self.step_log.abort(f"{type(error).__name__}: {error}")
+            raise
+        log_index = None if self.step_log is None else self.step_log.last_index
+        return ClosedLoopResult(episode, self.summary.summary(), log_index, None, self.name)
+
+
+class PolicyUnderTest(ABC):
+    """What a run evaluates; ``identity["fingerprint"]`` decides whether two runs evaluated the same thing."""
+
+    identity: dict[str, Any]
+
+    @abstractmethod
+    def runner(self, robot, step_log: EpisodeStore | None, subscribers: Sequence[Subscriber], trial_seed: int):
+        """A runner with ``run_episode(instruction, max_duration_s, is_success, meta) -> ClosedLoopResult``."""
+
+    def close(self) -> None:  # noqa: B027 - most policies hold nothing to release
+        """Release connections or models."""
+
+
+class BaselineUnderTest(PolicyUnderTest):
+    def __init__(self, name: str, make_agent: Callable[[Any, int], Agent], source_modules: Sequence[Any]) -> None:
+        self.make_agent = make_agent
+        self.identity = {"kind": "baseline", "name": name, "id": name,
+                         "fingerprint": f"baseline:{name}@{_source_hash(*source_modules)}"}
+
+    def runner(self, robot, step_log, subscribers, trial_seed):
+        return AgentRunner(robot, self.make_agent(robot, trial_seed), self.identity["name"], step_log=step_log,
+                           subscribers=subscribers)
+
+
+class CheckpointUnderTest(PolicyUnderTest):
+    """A ``policy.agent.Policy`` (remote or local) run by ``ClosedLoopRunner``."""
+
+    def __init__(self, policy, identity: dict[str, Any]) -> None:
+        self.policy, self.identity = policy, identity
+
+    def runner(self, robot, step_log, subscribers, trial_seed):
+        return ClosedLoopRunner(robot, self.policy, step_log=step_log, subscribers=subscribers)
+
+    def close(self) -> None:
+        self.policy.close()
+
+
+def _expert_agent(robot, seed: int) -> Agent:
+    from collect.expert import ScriptedExpert
+
+    return ScriptedExpert(robot.twin, robot.config.recording.period_s, np.random.default_rng(seed))
+
+
+def _random_agent(robot, seed: int) -> Agent:
+    return RandomAgent(np.random.default_rng(seed))
+
+
+def open_policy(spec: str, backend: str, *, token_file: str | None = None, unnorm_key: str | None = None,
+                device: str = "cpu", threads: int | None = None) -> PolicyUnderTest:
+    """The ``--policy`` argument as a ``PolicyUnderTest`` (see the module docstring)."""
+    if spec in BASELINES:
+        if spec in SIM_ONLY_BASELINES and backend != "sim":
+            raise PolicyError(f"--policy {spec} plans from the twin's privileged state and runs only with "
+                              f"--backend sim")
+        import collect.expert
+        import eval_protocols.policies
+
+        if spec == "scripted-expert":
+            return BaselineUnderTest(spec, _expert_agent, [collect.expert])
+        return BaselineUnderTest(spec, _random_agent, [eval_protocols.policies])
+    if spec.startswith(("http://", "https://")):
+        return _remote(spec, token_file, unnorm_key)
+    path = Path(spec)
+    if path.is_dir():
+        return _local(path, unnorm_key, device, threads)
+    raise PolicyError(f"--policy {spec!r} is neither an http(s):// URL of a 'fanvla serve', an existing checkpoint "
+                      f"directory, nor a baseline ({', '.join(BASELINES)})")
+
+
+def _remote(url: str, token_file: str | None, unnorm_key: str | None) -> PolicyUnderTest:
+    from policy.agent import RemotePolicy
+    from policy.client import PolicyClientError
+
+    policy = RemotePolicy.connect(url, token_file=token_file)
+    policy.unnorm_key = unnorm_key
+    try:
+        metadata = policy.client.metadata()
+        checkpoint = metadata["checkpoint"]
+        identity = {"kind": "remote", "url": url, "name": checkpoint["name"], "id": checkpoint["id"],
+                    "fingerprint": checkpoint["fingerprint"],
+                    "fingerprint_method": checkpoint.get("fingerprint_method"),
+                    "action_space": metadata.get("action_space", {}).get("name"),
+                    "unnorm_key": unnorm_key or metadata.get("unnorm_key"),
+                    "server_software_version": metadata.get("software_version")}
+    except PolicyClientError as error:
+        policy.close()
+        raise PolicyError(f"cannot reach the policy server at {url}: {error}") from None
+    except (KeyError, TypeError):
+        policy.close()
+        raise PolicyError(f"{url}/metadata does not describe a checkpoint: is it a 'fanvla serve'?") from None
+    return CheckpointUnderTest(policy, identity)
+
+
+def _local(path: Path, unnorm_key: str | None, device: str, threads: int | None) -> PolicyUnderTest:
+    from policy.agent import LocalPolicy
+
+    try:
+        policy = LocalPolicy.load(path, unnorm_key=unnorm_key, device=device, threads=threads)
+    except (OSError, ValueError) as error:
+        raise PolicyError(f"cannot load the checkpoint {path}: {error}") from None
+    deployment = policy.engine.deployment
+    identity = {"kind": "local", "path": str(path.resolve()), "name": deployment.checkpoint_name,
+                "id": deployment.checkpoint_id, "fingerprint": deployment.fingerprint,
+                "fingerprint_method": deployment.fingerprint_method,
+                "action_space": deployment.action_space.name.value, "unnorm_key": deployment.unnorm_key}
+    return CheckpointUnderTest(policy, identity)
