@@ -225,7 +225,7 @@ class SceneConfig(_Model):
 class SimConfig(_Model):
     camera_pos_mm: tuple[float, float, float]
     camera_lookat_mm: tuple[float, float, float]
-    camera_fy_px: Annotated[float, Field(gt=50, le=5000)]
+    camera_hfov_deg: Annotated[float, Field(gt=20, lt=170)]
     physics_dt_s: Annotated[float, Field(gt=0, le=0.008)]
     realtime: bool
 

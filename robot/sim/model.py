@@ -87,8 +87,14 @@ def _look_at_axes(pos_mm, lookat_mm) -> np.ndarray:
 
 
 def camera_fovy_deg(config) -> float:
-    """Vertical field of view of a pinhole with fy = sim.camera_fy_px at the colour height."""
-    return rad_to_deg(2.0 * math.atan(config.camera.color.height / (2.0 * config.sim.camera_fy_px)))
+    """Vertical field of view of the twin's camera: ``sim.camera_hfov_deg`` across the colour profile's width.
+
+    MuJoCo fixes a camera's vertical FOV; deriving it from the horizontal one keeps the D455's wide view
+    whatever colour resolution (4:3 or 16:9) is configured.
+    """
+    color = config.camera.color
+    half_h = math.tan(math.radians(config.sim.camera_hfov_deg) / 2.0)
+    return rad_to_deg(2.0 * math.atan(half_h * color.height / color.width))
 
 
 def _link_geoms(i: int) -> str:

@@ -84,7 +84,9 @@ def test_render_sizes_and_types(twin, hardware_config):
     small = twin.render_color(224, 224)
     assert small.shape == (224, 224, 3)
     intr = twin.intrinsics(224, 224)
-    assert intr.fy == pytest.approx(hardware_config.sim.camera_fy_px * 224 / h)
+    full = twin.intrinsics()
+    assert full.fx == pytest.approx((w / 2) / math.tan(math.radians(hardware_config.sim.camera_hfov_deg) / 2))
+    assert intr.fy == pytest.approx(full.fy * 224 / h)
     assert (intr.ppx, intr.ppy) == (111.5, 111.5)
     with pytest.raises(ValueError, match="offscreen buffer"):
         twin.render_color(5000, 100)
