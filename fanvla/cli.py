@@ -21,6 +21,7 @@ COMMAND_MODULES = (
     "policy.serve_cli",
     "finetune.cli",
     "eval_protocols.cli",
+    "fanvla.demo",
 )
 
 

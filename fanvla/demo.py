@@ -1,0 +1,228 @@
+"""``fanvla demo``: the whole stack end to end in the twin, reproducing the shape of the paper's Table 3.
+
+1. record demonstrations with the scripted expert through the real recorder and Zarr store;
+2. finetune one tiny VLA initialisation twice, plain SFT and FAN-SFT, same data, same steps;
+3. serve each checkpoint with the real policy server and run the four tasks through the real trial runner;
+4. write the Table-3-style report (successes, Wilson intervals, Fisher tests, chart) and print it.
+
+Every stage is the real CLI in a child process, so the demo exercises exactly what users run. Re-running
+the same command resumes: the recorder tops the store up, training continues from its checkpoints and
+the evaluation skips scored trials.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import yaml
+
+from fanvla import __version__
+from fanvla.cli import UserError
+from fanvla.config import config_snapshot, load_hardware_config
+from fanvla.procs import Child, fanvla_argv, run_all
+
+METHODS = ("sft", "fan-sft")
+METHOD_NAMES = {"sft": "OpenVLA-tiny + SFT", "fan-sft": "OpenVLA-tiny + FAN-SFT"}
+SERVER_READY = r"fanvla serve: ready (http://\S+)"
+
+# The twin's camera for the demo: a genuine D455 colour mode small enough for 2 CPU cores (the policy
+# sees 112 px anyway), no depth stream.
+DEMO_CAMERA = {"camera.color": {"width": 424, "height": 240, "fps": 15}, "camera.depth.enabled": False,
+               "recording.record_depth": False}
+
+
+@dataclass(frozen=True)
+class DemoPreset:
+    episodes: int  # demonstrations, cycled over the three objects
+    steps: int  # optimiser steps per method
+    batch_size: int
+    trials: int  # per task
+    val_every: int
+    preset: str = "demo"  # tiny model preset (policy/tiny.py)
+
+
+PRESETS = {
+    "default": DemoPreset(episodes=150, steps=3000, batch_size=32, trials=30, val_every=500),
+    "quick": DemoPreset(episodes=6, steps=30, batch_size=8, trials=2, val_every=15, preset="test"),
+}
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    demo = subparsers.add_parser("demo", help="end-to-end simulated demo: record, finetune SFT and FAN-SFT, "
+                                              "evaluate the four tasks, report", description=__doc__)
+    demo.add_argument("--out", default="runs/demo", help="run folder (re-run the same command to resume)")
+    demo.add_argument("--quick", action="store_true", help="a few demos, steps and trials: every stage in minutes")
+    demo.add_argument("--config", default=None, help="hardware.yaml to start from (default: the repository's)")
+    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--alpha", type=float, default=None, help="FAN-SFT weight (default: the paper's 0.05)")
+    demo.add_argument("--episodes", type=int, default=None, help="override the preset's demonstration count")
+    demo.add_argument("--steps", type=int, default=None, help="override the preset's optimiser steps")
+    demo.add_argument("--trials", type=int, default=None, help="override the preset's trials per task")
+    demo.add_argument("--jobs", type=int, default=2, choices=(1, 2),
+                      help="run the two methods' training and evaluation side by side (2, one core each) or in turn")
+    demo.set_defaults(func=_main)
+
+
+def _main(args: argparse.Namespace) -> int:
+    preset = PRESETS["quick" if args.quick else "default"]
+    overrides = {k: v for k, v in (("episodes", args.episodes), ("steps", args.steps), ("trials", args.trials))
+                 if v is not None}
+    if any(v <= 0 for v in overrides.values()):
+        raise UserError(f"--episodes, --steps and --trials must be positive, got {overrides}")
+    demo = Demo(Path(args.out), replace(preset, **overrides), args.seed, args.alpha, args.config, args.jobs)
+    demo.run()
+    return 0
+
+
+class Demo:
+    def __init__(self, out: Path, preset: DemoPreset, seed: int, alpha: float | None, config_path: str | None,
+                 jobs: int) -> None:
+        self.out, self.preset, self.seed, self.alpha, self.jobs = out, preset, seed, alpha, jobs
+        self.config_path = config_path
+        self.timings: dict[str, float] = {}
+
+    # -- paths -------------------------------------------------------------------------------------
+    @property
+    def hardware(self) -> Path:
+        return self.out / "hardware.yaml"
+
+    @property
+    def store(self) -> Path:
+        return self.out / "demos.zarr"
+
+    def train_dir(self, method: str) -> Path:
+        return self.out / f"train-{method}"
+
+    def eval_dir(self, method: str) -> Path:
+        return self.out / f"eval-{method}"
+
+    def log(self, name: str) -> Path:
+        return self.out / "logs" / f"{name}.log"
+
+    # -- stages ------------------------------------------------------------------------------------
+    def run(self) -> None:
+        started = time.monotonic()
+        self.out.mkdir(parents=True, exist_ok=True)
+        stages = (("config", self.write_config), ("record", self.record), ("init", self.init_model),
+                  ("finetune", self.finetune), ("evaluate", self.evaluate), ("report", self.report))
+        for index, (name, stage) in enumerate(stages, 1):
+            print(f"\n== fanvla demo [{index}/{len(stages)}] {name} ==", flush=True)
+            stage_start = time.monotonic()
+            stage()
+            self.timings[name] = round(time.monotonic() - stage_start, 1)
+            print(f"== {name} done in {self.timings[name]:.0f} s (total {time.monotonic() - started:.0f} s) ==",
+                  flush=True)
+        self.timings["total"] = round(time.monotonic() - started, 1)
+        self._write_summary()
+        print(f"\nfanvla demo finished in {self.timings['total'] / 60:.1f} min; report: {self.out / 'report'}")
+
+    def write_config(self) -> None:
+        """The run's own hardware.yaml: the starting config with the demo camera, kept with the results."""
+        config = load_hardware_config(self.config_path).with_overrides(DEMO_CAMERA)
+        text = yaml.safe_dump(config_snapshot(config), sort_keys=False)
+        header = "# Written by `fanvla demo`: the repository's hardware.yaml with the demo camera profile.\n"
+        if self.hardware.exists() and self.hardware.read_text() != header + text:
+            raise UserError(f"{self.hardware} differs from this demo's configuration: use a new --out")
+        self.hardware.write_text(header + text)
+        (self.out / "demo.json").write_text(json.dumps(self._settings(), indent=2))
+        print(f"configuration: {self.hardware}; settings: {json.dumps(self._settings())}")
+
+    def record(self) -> None:
+        child = Child("record", fanvla_argv("collect", "record", "--backend", "sim", "--teleop", "scripted",
+                                            "--episodes", str(self.preset.episodes), "--out", str(self.store),
+                                            "--seed", str(self.seed), "--config", str(self.hardware)),
+                      self.log("record"))
+        child.wait()
+        self._check_store()
+
+    def init_model(self) -> None:
+        init = self.out / "init"
+        if (init / "config.json").exists():
+            print(f"reusing the initial model {init}")
+            return
+        instructions = self.out / "instructions.txt"
+        config = load_hardware_config(self.hardware)
+        instructions.write_text("\n".join(config.scene.instruction_for(name) for name in config.scene.objects) + "\n")
+        Child("init", fanvla_argv("policy", "init-tiny", "--preset", self.preset.preset, "--seed", str(self.seed),
+                                  "--instructions", str(instructions), "--out", str(init)), self.log("init")).wait()
+
+    def finetune(self) -> None:
+        children = []
+        for method in METHODS:
+            child = Child(method, self._train_argv(method), self.log(f"train-{method}"))
+            if self.jobs == 1:
+                child.wait()
+            else:
+                children.append(child)
+        run_all(children)
+        for method in METHODS:
+            if not (self.train_dir(method) / "final" / "fanvla.json").is_file():
+                raise UserError(f"training {method} produced no final checkpoint in {self.train_dir(method)}")
+
+    def _train_argv(self, method: str) -> list[str]:
+        argv = ["finetune", "--data", str(self.store), "--init", str(self.out / "init"), "--out",
+                str(self.train_dir(method)), "--method", method, "--full", "--steps", str(self.preset.steps),
+                "--batch-size", str(self.preset.batch_size), "--seed", str(self.seed), "--threads", "1",
+                "--val-every", str(self.preset.val_every), "--frame-cache", str(self.out / "frame-cache"),
+                "--no-progress"]
+        if method == "fan-sft" and self.alpha is not None:
+            argv += ["--alpha", str(self.alpha)]
+        if self.train_dir(method).exists():
+            argv.append("--resume")
+        return fanvla_argv(*argv)
+
+    def evaluate(self) -> None:
+        servers: list[Child] = []
+        try:
+            urls = {}
+            for method in METHODS:
+                server = Child(f"serve-{method}", fanvla_argv(
+                    "serve", "--checkpoint", str(self.train_dir(method) / "final"), "--port", "0", "--threads", "1",
+                    "--http-threads", "1"), self.log(f"serve-{method}"))
+                server.expect(SERVER_READY)
+                servers.append(server)
+                urls[method] = server.wait_for(timeout_s=300).group(1)
+            runs = []
+            for method in METHODS:
+                child = Child(f"eval-{method}", fanvla_argv(
+                    "eval", "run", "--backend", "sim", "--policy", urls[method], "--tasks", "all", "--trials",
+                    str(self.preset.trials), "--seed", str(self.seed), "--out", str(self.eval_dir(method)),
+                    "--config", str(self.hardware)), self.log(f"eval-{method}"))
+                if self.jobs == 1:
+                    child.wait()
+                else:
+                    runs.append(child)
+            run_all(runs)
+        finally:
+            for server in servers:
+                server.stop()
+
+    def report(self) -> None:
+        names = ",".join(METHOD_NAMES[m] for m in METHODS)
+        Child("report", fanvla_argv("eval", "report", *(str(self.eval_dir(m)) for m in METHODS), "--names", names,
+                                    "--out", str(self.out / "report")), self.log("report")).wait()
+        table = (self.out / "report" / "README.md").read_text()
+        print("\n" + table)
+
+    # -- bookkeeping -------------------------------------------------------------------------------
+    def _check_store(self) -> None:
+        from collect.store import EpisodeStore
+
+        with EpisodeStore.open(self.store, mode="r") as store:
+            episodes, frames = store.num_episodes, store.num_frames
+        if episodes < self.preset.episodes:
+            raise UserError(f"{self.store} holds {episodes} episodes, expected {self.preset.episodes}")
+        print(f"{self.store}: {episodes} episodes, {frames} frames")
+
+    def _settings(self) -> dict:
+        return {"preset": asdict(self.preset), "seed": self.seed, "alpha": self.alpha, "jobs": self.jobs,
+                "software_version": __version__, "camera_overrides": DEMO_CAMERA}
+
+    def _write_summary(self) -> None:
+        summary = {**self._settings(), "timings_s": self.timings,
+                   "report": str(self.out / "report" / "README.md")}
+        (self.out / "demo.json").write_text(json.dumps(summary, indent=2))
