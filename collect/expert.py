@@ -65,12 +65,12 @@ Range = tuple[float, float]
 class StyleRanges:
     """Uniform ranges from which each episode's demonstration style is drawn."""
 
-    peak_speed_mm_s: Range = (60.0, 120.0)  # cruise speed of the long moves
-    ramp_s: Range = (0.35, 0.7)  # time to speed up to (and slow down from) the cruise speed
+    peak_speed_mm_s: Range = (80.0, 130.0)  # cruise speed of the long moves (safety allows 150 mm/s)
+    ramp_s: Range = (0.2, 0.4)  # time to speed up to (and slow down from) the cruise speed
     approach_height_mm: Range = (45.0, 85.0)  # pre-grasp height above the grasp pose
-    final_approach_speed_factor: Range = (0.4, 0.6)  # of the peak speed, for the last cm to the grasp
+    final_approach_speed_factor: Range = (0.5, 0.7)  # of the peak speed, for the last cm to the grasp
     segment_speed_jitter: Range = (0.85, 1.1)  # per segment, times the episode's peak speed
-    pause_s: Range = (0.2, 0.6)  # short hesitations before and after gripper actions
+    pause_s: Range = (0.1, 0.4)  # short hesitations before and after gripper actions
     lift_margin_mm: Range = (5.0, 30.0)  # carry height above the release height
     retreat_mm: Range = (40.0, 80.0)
     grasp_offset_mm: float = 2.0  # +/- on x and y of the grasp point

@@ -155,17 +155,25 @@ def test_scripted_session_metadata_balance_and_resume(tmp_path, capsys):
 
 
 def test_camera_that_stops_mid_episode_aborts_and_keeps_saved_episodes(tmp_path, monkeypatch):
+    from collect.episode_writer import EpisodeWriter
     from robot.sim.twin import Twin
 
     config = small_config()
-    original, renders = Twin.render, []
+    original_render, original_commit = Twin.render, EpisodeWriter.commit
+    commits, renders_since_commit = [], []
+
+    def commit_and_count(self, *args, **kwargs):
+        commits.append(original_commit(self, *args, **kwargs))
+        return commits[-1]
 
     def render_until_broken(self, *args, **kwargs):
-        renders.append(1)
-        if len(renders) > 230:  # inside the second episode (~150 frames each)
+        if commits:
+            renders_since_commit.append(1)
+        if len(renders_since_commit) > 40:  # 40 frames into the second episode
             raise RuntimeError("renderer died")
-        return original(self, *args, **kwargs)
+        return original_render(self, *args, **kwargs)
 
+    monkeypatch.setattr(EpisodeWriter, "commit", commit_and_count)
     monkeypatch.setattr(Twin, "render", render_until_broken)
     with pytest.raises(RecordingAborted) as raised:
         RecordingSession(config, _options(tmp_path, episodes=3, object_name="red_cube")).run()
