@@ -40,6 +40,8 @@ def _add_training_options(parser: argparse.ArgumentParser) -> None:
     io.add_argument("--unnorm-key", default=None, help="statistics key (default: store names joined with '+')")
     io.add_argument("--val-fraction", type=float, default=d.val_fraction, help="episodes held out for validation")
     io.add_argument("--no-skip-noops", dest="skip_noops", action="store_false", help="train on no-op steps too")
+    io.add_argument("--max-episodes", type=int, default=None,
+                    help="use only the first N episodes of the stores, in order (demonstration-count studies)")
     io.add_argument("--no-augment", dest="augment", action="store_false",
                     help="no random crop / colour jitter (the checkpoint then needs no centre crop)")
 
@@ -103,7 +105,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         val_fraction=args.val_fraction, val_every=args.val_every,
         val_max_samples=args.val_max_samples or None, save_every=args.save_every,
         keep_checkpoints=args.keep_checkpoints, seed=args.seed, unnorm_key=args.unnorm_key,
-        skip_noops=args.skip_noops, augment=args.augment, workers=args.workers, decode_threads=args.decode_threads,
+        skip_noops=args.skip_noops, max_episodes=args.max_episodes, augment=args.augment, workers=args.workers,
+        decode_threads=args.decode_threads,
         threads=args.threads, device=args.device, precision=args.precision, frame_cache=args.frame_cache,
         resume=args.resume, tensorboard=args.tensorboard, progress=args.progress)
 

@@ -63,6 +63,7 @@ class TrainConfig:
     seed: int = 0
     unnorm_key: str | None = None  # None: the store names joined with "+"
     skip_noops: bool = True
+    max_episodes: int | None = None  # only the first N episodes of the stores, in order (demonstration sweeps)
     augment: bool = True  # random crop (0.9 area) + colour jitter; the checkpoint then asks for a centre crop
     workers: int = 0  # DataLoader worker processes assembling batches (0: in the training process)
     decode_threads: int | None = None  # threads decoding frames into the cache (None: CPU count)
@@ -133,6 +134,8 @@ class TrainConfig:
             "" if self.decode_threads is None or self.decode_threads >= 1 else "--decode-threads must be >= 1",
             "" if self.precision in PRECISIONS else f"--precision must be one of {PRECISIONS}, got {self.precision!r}",
             "" if self.unnorm_key is None or self.unnorm_key.strip() else "--unnorm-key must not be empty",
+            "" if self.max_episodes is None or self.max_episodes >= 1 else
+            f"--max-episodes must be >= 1, got {self.max_episodes}",
         ]
 
     # ------------------------------------------------------------------------------------------- derived

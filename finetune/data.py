@@ -190,8 +190,11 @@ def _episode_actions(columns: _StoreColumns, span: slice, spec: ActionSpaceSpec,
 
 
 def load_training_data(store_paths: Sequence[str | Path], action_space_name: str, val_fraction: float = 0.1,
-                       skip_noops: bool = True) -> TrainingData:
-    """Open the stores, derive actions, split by episode and compute the training split's statistics."""
+                       skip_noops: bool = True, max_episodes: int | None = None) -> TrainingData:
+    """Open the stores, derive actions, split by episode and compute the training split's statistics.
+
+    ``max_episodes``: use only the first N episodes, taking the stores in the order given.
+    """
     if not store_paths:
         raise FinetuneError("no episode store given")
     spec = action_space(action_space_name)
@@ -203,6 +206,8 @@ def load_training_data(store_paths: Sequence[str | Path], action_space_name: str
     for store_index, columns in enumerate(stores):
         starts = np.concatenate([[0], columns.episode_ends[:-1]]).astype(np.int64)
         for meta, start, end in zip(columns.metas, starts, columns.episode_ends, strict=True):
+            if max_episodes is not None and len(episodes) >= max_episodes:
+                break
             where = f"{columns.path} episode {meta['index']}"
             instruction = _instruction(meta, columns.path)
             actions = _episode_actions(columns, slice(int(start), int(end)), spec, where)
@@ -232,7 +237,9 @@ def load_training_data(store_paths: Sequence[str | Path], action_space_name: str
     proprio = _proprio_stats(stores, train, spec)
     data = TrainingData([s.path for s in stores], spec, list(instructions), episodes, train, val, stats, proprio,
                         [s.image_shape for s in stores])
-    data.fingerprint = _fingerprint(stores, data, skip_noops)
+    if max_episodes is not None and len(episodes) < max_episodes:
+        raise FinetuneError(f"--max-episodes {max_episodes}: the stores hold only {len(episodes)} episodes")
+    data.fingerprint = _fingerprint(stores, data, skip_noops, max_episodes)
     return data
 
 
@@ -255,7 +262,8 @@ def _proprio_stats(stores: list[_StoreColumns], train: SampleTable, spec: Action
     return compute_stats(states)
 
 
-def _fingerprint(stores: list[_StoreColumns], data: TrainingData, skip_noops: bool) -> dict:
+def _fingerprint(stores: list[_StoreColumns], data: TrainingData, skip_noops: bool,
+                 max_episodes: int | None) -> dict:
     store_entries = [{"path": str(s.path.resolve()), "episodes": len(s.metas), "frames": int(s.episode_ends[-1]),
                       "sha256": _store_sha256(s)} for s in stores]
     split = hashlib.sha256()
@@ -265,6 +273,7 @@ def _fingerprint(stores: list[_StoreColumns], data: TrainingData, skip_noops: bo
         "stores": store_entries,
         "action_space": data.spec.name.value,
         "skip_noops": skip_noops,
+        "max_episodes": max_episodes,
         "train_episodes": sum(1 for e in data.episodes if e.split == "train"),
         "val_episodes": sum(1 for e in data.episodes if e.split == "val"),
         "train_frames": len(data.train),

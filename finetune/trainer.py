@@ -173,7 +173,8 @@ class _Run:
         started = time.perf_counter()
         config = self.config
         saved = self._saved_state()
-        data = load_training_data(config.data, config.action_space, config.val_fraction, config.skip_noops)
+        data = load_training_data(config.data, config.action_space, config.val_fraction, config.skip_noops,
+                                  config.max_episodes)
         model = load_initial_model(config.init, self.device)
         check_model_fits(model, data, config.init)
         from policy.deployment import weights_fingerprint

@@ -78,6 +78,17 @@ def test_several_stores_and_the_default_unnorm_key(tmp_path, demo_store):
     assert default_unnorm_key([demo_store, other]) == "demos+more"
 
 
+def test_max_episodes_takes_the_first_episodes_across_stores(tmp_path, demo_store):
+    other = write_store(tmp_path / "more.zarr", episodes=2, steps=5, seed=3)
+    data = load_training_data([demo_store, other], "ee_delta", val_fraction=0.0, max_episodes=7)
+    assert [(e.store, e.index) for e in data.episodes] == [(0, i) for i in range(6)] + [(1, 0)]
+    assert len(data.train) == 72 + 5
+    assert data.fingerprint["sha256"] != load_training_data([demo_store, other], "ee_delta",
+                                                            val_fraction=0.0).fingerprint["sha256"]
+    with pytest.raises(FinetuneError, match="hold only 8 episodes"):
+        load_training_data([demo_store, other], "ee_delta", max_episodes=9)
+
+
 def test_fingerprint_is_stable_and_follows_the_data(tmp_path, demo_store):
     first = load_training_data([demo_store], "ee_delta")
     second = load_training_data([demo_store], "ee_delta")
