@@ -22,6 +22,7 @@ COMMAND_MODULES = (
     "finetune.cli",
     "eval_protocols.cli",
     "fanvla.demo",
+    "fanvla.sweep",
 )
 
 

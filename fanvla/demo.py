@@ -91,8 +91,14 @@ class Demo:
         return self.out / "hardware.yaml"
 
     @property
-    def store(self) -> Path:
-        return self.out / "demos.zarr"
+    def stores(self) -> list[Path]:
+        """One store per recording process (the finetuner reads several stores as one dataset)."""
+        return [self.out / f"demos-{i + 1}.zarr" for i in range(self.jobs)]
+
+    def store_episodes(self) -> list[int]:
+        """Episodes per store: the total split as evenly as possible, objects cycling within each store."""
+        base, extra = divmod(self.preset.episodes, len(self.stores))
+        return [base + (i < extra) for i in range(len(self.stores))]
 
     def train_dir(self, method: str) -> Path:
         return self.out / f"train-{method}"
@@ -106,7 +112,6 @@ class Demo:
     # -- stages ------------------------------------------------------------------------------------
     def run(self) -> None:
         started = time.monotonic()
-        self.out.mkdir(parents=True, exist_ok=True)
         stages = (("config", self.write_config), ("record", self.record), ("init", self.init_model),
                   ("finetune", self.finetune), ("evaluate", self.evaluate), ("report", self.report))
         for index, (name, stage) in enumerate(stages, 1):
@@ -122,6 +127,7 @@ class Demo:
 
     def write_config(self) -> None:
         """The run's own hardware.yaml: the starting config with the demo camera, kept with the results."""
+        self.out.mkdir(parents=True, exist_ok=True)
         config = load_hardware_config(self.config_path).with_overrides(DEMO_CAMERA)
         text = yaml.safe_dump(config_snapshot(config), sort_keys=False)
         header = "# Written by `fanvla demo`: the repository's hardware.yaml with the demo camera profile.\n"
@@ -132,12 +138,14 @@ class Demo:
         print(f"configuration: {self.hardware}; settings: {json.dumps(self._settings())}")
 
     def record(self) -> None:
-        child = Child("record", fanvla_argv("collect", "record", "--backend", "sim", "--teleop", "scripted",
-                                            "--episodes", str(self.preset.episodes), "--out", str(self.store),
-                                            "--seed", str(self.seed), "--config", str(self.hardware)),
-                      self.log("record"))
-        child.wait()
-        self._check_store()
+        # Side by side into separate stores (one writer per store): the twin renders on one core each.
+        children = [Child(f"record-{i + 1}", fanvla_argv(
+            "collect", "record", "--backend", "sim", "--teleop", "scripted", "--episodes", str(count),
+            "--out", str(store), "--seed", str(self.seed + 1000 * i), "--config", str(self.hardware)),
+            self.log(f"record-{i + 1}")) for i, (store, count) in enumerate(zip(self.stores, self.store_episodes(),
+                                                                              strict=True))]
+        run_all(children)
+        self._check_stores()
 
     def init_model(self) -> None:
         init = self.out / "init"
@@ -164,7 +172,7 @@ class Demo:
                 raise UserError(f"training {method} produced no final checkpoint in {self.train_dir(method)}")
 
     def _train_argv(self, method: str) -> list[str]:
-        argv = ["finetune", "--data", str(self.store), "--init", str(self.out / "init"), "--out",
+        argv = ["finetune", "--data", *map(str, self.stores), "--init", str(self.out / "init"), "--out",
                 str(self.train_dir(method)), "--method", method, "--full", "--steps", str(self.preset.steps),
                 "--batch-size", str(self.preset.batch_size), "--seed", str(self.seed), "--threads", "1",
                 "--val-every", str(self.preset.val_every), "--frame-cache", str(self.out / "frame-cache"),
@@ -209,14 +217,15 @@ class Demo:
         print("\n" + table)
 
     # -- bookkeeping -------------------------------------------------------------------------------
-    def _check_store(self) -> None:
+    def _check_stores(self) -> None:
         from collect.store import EpisodeStore
 
-        with EpisodeStore.open(self.store, mode="r") as store:
-            episodes, frames = store.num_episodes, store.num_frames
-        if episodes < self.preset.episodes:
-            raise UserError(f"{self.store} holds {episodes} episodes, expected {self.preset.episodes}")
-        print(f"{self.store}: {episodes} episodes, {frames} frames")
+        for path, expected in zip(self.stores, self.store_episodes(), strict=True):
+            with EpisodeStore.open(path, mode="r") as store:
+                episodes, frames = store.num_episodes, store.num_frames
+            if episodes < expected:
+                raise UserError(f"{path} holds {episodes} episodes, expected {expected}")
+            print(f"{path}: {episodes} episodes, {frames} frames")
 
     def _settings(self) -> dict:
         return {"preset": asdict(self.preset), "seed": self.seed, "alpha": self.alpha, "jobs": self.jobs,
