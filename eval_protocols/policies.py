@@ -8,8 +8,8 @@
 - ``scripted-expert`` (sim only): ``collect.expert.ScriptedExpert`` planning from the twin's privileged state.
 - ``random`` (sim or real): ``RandomAgent``, uniformly random TCP steps and gripper flips.
 
-Policies run through ``policy.runner.ClosedLoopRunner``; baseline agents through ``AgentRunner``, the same
-control loop with the same step log and summary, so every trial is logged alike. Each trial gets a fresh runner
+Policies run through ``policy.runner.ClosedLoopRunner``; baseline agents through its base, ``EpisodeRunner``: the
+same control loop with the same step log and summary, so every trial is logged alike. Each trial gets a fresh runner
 (its own step-log store) and, for baselines, an agent seeded by the trial seed, so a sim trial is reproducible.
 """
 
@@ -18,16 +18,15 @@ from __future__ import annotations
 import hashlib
 import logging
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from collect.store import EpisodeStore
-from policy.runner import ClosedLoopResult, ClosedLoopRunner
-from policy.step_log import EpisodeSummary, StepLog
-from robot.runtime import Agent, AgentOutput, ControlLoop, Observation, Subscriber
+from policy.runner import ClosedLoopRunner, EpisodeRunner
+from robot.runtime import Agent, AgentOutput, Observation, Subscriber
 from robot.safety import Command
 
 log = logging.getLogger(__name__)
@@ -69,34 +68,6 @@ class RandomAgent:
         return AgentOutput(Command.to_pose(target, self.gripper), info={"action": np.append(delta, self.gripper)})
 
 
-class AgentRunner:
-    """``ClosedLoopRunner``'s episode for any ``robot.runtime.Agent``: control loop + summary + step log."""
-
-    def __init__(self, robot, agent: Agent, name: str, *, step_log: EpisodeStore | None,
-                 subscribers: Sequence[Subscriber] = ()) -> None:
-        config = robot.config
-        self.agent, self.name = agent, name
-        self.summary = EpisodeSummary()
-        self.step_log = None if step_log is None else StepLog(step_log, {"backend": robot.backend}, self.summary,
-                                                              context=lambda: {"agent": name})
-        chain: list[Subscriber] = [self.summary, *([self.step_log] if self.step_log else []), *subscribers]
-        self.loop = ControlLoop(robot, config.recording.rate_hz, config.safety.watchdog_hold_s,
-                                config.safety.watchdog_stop_s, chain)
-
-    def run_episode(self, instruction: str, max_duration_s: float, is_success: Callable[[], bool] | None = None,
-                    meta: Mapping[str, Any] | None = None) -> ClosedLoopResult:
-        if self.step_log is not None:
-            self.step_log.begin(meta)
-        try:
-            episode = self.loop.run_episode(self.agent, instruction, max_duration_s, is_success)
-        except BaseException as error:
-            if self.step_log is not None:
-                self.step_log.abort(f"{type(error).__name__}: {error}")
-            raise
-        log_index = None if self.step_log is None else self.step_log.last_index
-        return ClosedLoopResult(episode, self.summary.summary(), log_index, None, self.name)
-
-
 class PolicyUnderTest(ABC):
     """What a run evaluates; ``identity["fingerprint"]`` decides whether two runs evaluated the same thing."""
 
@@ -117,8 +88,8 @@ class BaselineUnderTest(PolicyUnderTest):
                          "fingerprint": f"baseline:{name}@{_source_hash(*source_modules)}"}
 
     def runner(self, robot, step_log, subscribers, trial_seed):
-        return AgentRunner(robot, self.make_agent(robot, trial_seed), self.identity["name"], step_log=step_log,
-                           subscribers=subscribers)
+        return EpisodeRunner(robot, self.make_agent(robot, trial_seed), self.identity["name"], step_log=step_log,
+                             subscribers=subscribers)
 
 
 class CheckpointUnderTest(PolicyUnderTest):

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from collect.atomic_store import fsync_path, write_file_atomically
 from collect.layout import utc_now_iso
 
 RUN_FILE, RESULTS_FILE, LOCK_FILE, TRIALS_DIR = "run.json", "results.jsonl", "run.lock", "trials"
@@ -40,24 +41,10 @@ def trial_dir(run_dir: Path, task: str, trial: int) -> Path:
     return run_dir / TRIALS_DIR / task / f"{trial:03d}"
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def write_json_atomic(path: Path, data: Mapping[str, Any]) -> None:
-    """Write ``path`` so that a crash leaves either the old or the new file, never a mix."""
-    temp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(temp, "w", encoding="utf-8") as handle:
-        json.dump(data, handle, indent=2, sort_keys=False)
-        handle.write("\n")
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temp, path)
-    _fsync_dir(path.parent)
+    """Write ``path`` so that a crash leaves either the old or the new file, never a mix (and the rename is durable)."""
+    write_file_atomically(path, (json.dumps(data, indent=2) + "\n").encode("utf-8"))
+    fsync_path(path.parent)
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ from typing import Any
 from collect.store import EpisodeStore
 from policy.agent import Policy, PolicyAgent
 from policy.step_log import EpisodeSummary, StepLog
-from robot.runtime import ControlLoop, EpisodeResult, EpisodeStatus, RobotLike, Subscriber
+from robot.runtime import Agent, ControlLoop, EpisodeResult, EpisodeStatus, RobotLike, Subscriber
 
 log = logging.getLogger(__name__)
 
@@ -49,34 +49,32 @@ class ClosedLoopResult:
         return self.episode.steps
 
 
-class ClosedLoopRunner:
-    """Runs policy episodes on ``robot`` (a ``robot.factory.Robot``: real or twin). Rates and watchdog times
-    default to hardware.yaml (``recording.rate_hz``: the rate the policy was trained at; ``safety.watchdog_*``);
-    an action is dropped when older than ``max_action_age_s`` (default: the watchdog hold time)."""
+class EpisodeRunner:
+    """The shared control loop for any ``robot.runtime.Agent``, with an ``EpisodeSummary`` and, optionally, a
+    ``StepLog`` into a crash-safe episode store. Used as is for baseline agents (scripted expert, random) and
+    specialised by ``ClosedLoopRunner`` for policies."""
 
-    def __init__(self, robot: RobotLike, policy: Policy, *, step_log: EpisodeStore | None = None,
-                 video_dir: str | Path | None = None, rate_hz: float | None = None,
-                 hold_after_s: float | None = None, stop_after_s: float | None = None,
-                 max_action_age_s: float | None = None, send_state: bool = False,
+    def __init__(self, robot: RobotLike, agent: Agent, name: str, *, step_log: EpisodeStore | None = None,
+                 rate_hz: float | None = None, hold_after_s: float | None = None, stop_after_s: float | None = None,
                  session_meta: Mapping[str, Any] | None = None, subscribers: Sequence[Subscriber] = ()) -> None:
         config = robot.config
-        self.robot, self.policy = robot, policy
+        self.robot, self.agent, self.name = robot, agent, name
         hold_after_s = hold_after_s if hold_after_s is not None else config.safety.watchdog_hold_s
         stop_after_s = stop_after_s if stop_after_s is not None else config.safety.watchdog_stop_s
-        self.agent = PolicyAgent(policy, robot.clock, max_action_age_s or hold_after_s, send_state=send_state)
         self.summary = EpisodeSummary()
         self.step_log = None
         if step_log is not None:
             session = {"backend": getattr(robot, "backend", None), **dict(session_meta or {})}
-            self.step_log = StepLog(step_log, session, self.summary, context=self._policy_meta)
-        self.video_dir = None if video_dir is None else Path(video_dir)
-        if self.video_dir is not None and self.step_log is None:
-            raise ValueError("video_dir needs a step_log store: the videos are rendered from the logged episodes")
+            self.step_log = StepLog(step_log, session, self.summary, context=self._log_context)
         chain: list[Subscriber] = [self.summary, *([self.step_log] if self.step_log else []), *subscribers]
         self.loop = ControlLoop(robot, rate_hz or config.recording.rate_hz, hold_after_s, stop_after_s, chain)
 
-    def run_episode(self, instruction: str, max_duration_s: float, is_success: Callable[[], bool] | None = None,
-                    meta: Mapping[str, Any] | None = None) -> ClosedLoopResult:
+    def _log_context(self) -> dict[str, Any]:
+        """Per-episode metadata for the step log."""
+        return {"agent": self.name}
+
+    def _run(self, instruction: str, max_duration_s: float, is_success: Callable[[], bool] | None,
+             meta: Mapping[str, Any] | None) -> tuple[EpisodeResult, int | None]:
         """One episode from wherever the arm is; always leaves the arm holding and out of servo mode.
 
         An exception (a configuration error such as a refused token, Ctrl-C) still saves the steps recorded so
@@ -89,15 +87,44 @@ class ClosedLoopRunner:
             if self.step_log is not None:
                 self.step_log.abort(f"{type(error).__name__}: {error}")
             raise
+        return episode, None if self.step_log is None else self.step_log.last_index
+
+    def run_episode(self, instruction: str, max_duration_s: float, is_success: Callable[[], bool] | None = None,
+                    meta: Mapping[str, Any] | None = None) -> ClosedLoopResult:
+        episode, log_index = self._run(instruction, max_duration_s, is_success, meta)
+        return ClosedLoopResult(episode, self.summary.summary(), log_index, None, self.name)
+
+
+class ClosedLoopRunner(EpisodeRunner):
+    """Runs policy episodes on ``robot`` (a ``robot.factory.Robot``: real or twin). Rates and watchdog times
+    default to hardware.yaml (``recording.rate_hz``: the rate the policy was trained at; ``safety.watchdog_*``);
+    an action is dropped when older than ``max_action_age_s`` (default: the watchdog hold time)."""
+
+    def __init__(self, robot: RobotLike, policy: Policy, *, step_log: EpisodeStore | None = None,
+                 video_dir: str | Path | None = None, rate_hz: float | None = None,
+                 hold_after_s: float | None = None, stop_after_s: float | None = None,
+                 max_action_age_s: float | None = None, send_state: bool = False,
+                 session_meta: Mapping[str, Any] | None = None, subscribers: Sequence[Subscriber] = ()) -> None:
+        hold = hold_after_s if hold_after_s is not None else robot.config.safety.watchdog_hold_s
+        agent = PolicyAgent(policy, robot.clock, max_action_age_s or hold, send_state=send_state)
+        super().__init__(robot, agent, "policy", step_log=step_log, rate_hz=rate_hz, hold_after_s=hold,
+                         stop_after_s=stop_after_s, session_meta=session_meta, subscribers=subscribers)
+        self.policy = policy
+        self.video_dir = None if video_dir is None else Path(video_dir)
+        if self.video_dir is not None and self.step_log is None:
+            raise ValueError("video_dir needs a step_log store: the videos are rendered from the logged episodes")
+
+    def run_episode(self, instruction: str, max_duration_s: float, is_success: Callable[[], bool] | None = None,
+                    meta: Mapping[str, Any] | None = None) -> ClosedLoopResult:
+        episode, log_index = self._run(instruction, max_duration_s, is_success, meta)
         spec = self.agent.spec
-        log_index = None if self.step_log is None else self.step_log.last_index
         video = self._write_video(log_index)
         log.info("episode %s after %d steps (%s); %s", episode.status.value, episode.steps, episode.reason,
                  self.summary.summary())
         return ClosedLoopResult(episode, self.summary.summary(), log_index, video,
                                 spec.checkpoint_id if spec is not None else "")
 
-    def _policy_meta(self) -> dict[str, Any]:
+    def _log_context(self) -> dict[str, Any]:
         spec, loop = self.agent.spec, self.loop
         return {"checkpoint_id": spec.checkpoint_id if spec else None,
                 "action_space": spec.action_space if spec else None, "unnorm_key": spec.unnorm_key if spec else None,
