@@ -1,0 +1,116 @@
+"""Run every benchmark in bench/ and write their output into docs/benchmarks.md.
+
+    python bench/run_all.py                # all benchmarks, rewrites docs/benchmarks.md
+    python bench/run_all.py sim_bench      # a subset (the other sections of the document are kept)
+
+Each benchmark prints its own figures and a ratio against a baseline it measures in the same run; this
+script only runs them one after another (never in parallel: they time the CPU) and records what they
+printed, with the machine and the date, so the document always shows measured numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import re
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+BENCH_DIR = Path(__file__).resolve().parent
+DOC = BENCH_DIR.parent / "docs" / "benchmarks.md"
+
+# name -> (what it measures, the goal it checks, extra arguments)
+BENCHMARKS: dict[str, tuple[str, str, list[str]]] = {
+    "sim_bench": ("twin render rate (224x224, 640x480), physics step rate, 125 Hz servo-loop jitter",
+                  "renders in milliseconds with shadows and anti-aliasing off; servo p99 close to a bare sleep loop",
+                  []),
+    "camera_bench": ("software RealSense -> pipeline -> latest() delivery rate vs bare injection",
+                     "frames delivered well above the camera's 30 fps", []),
+    "store_bench": ("episode store write throughput vs the bare codec, bytes per frame per codec",
+                    "the store adds little over the codec", ["--depth"]),
+    "record_bench": ("sustained 30 Hz recording of 640x480 colour + depth on the realtime twin; lock-step throughput",
+                     "zero late ticks at 30 Hz", []),
+    "policy_predict": ("tiny-model predict latency (B=1) and batch throughput (B=8) on CPU",
+                       "batching beats single calls", []),
+    "policy_load_memory": ("peak memory while loading a sharded checkpoint vs its size",
+                           "about one copy of the weights", []),
+    "fan_loss_bench": ("FAN-SFT loss time vs SFT loss time on the same batch", "FAN-SFT / SFT <= 1.05", []),
+    "finetune_step_bench": ("FAN-SFT training step time vs SFT step time (demo preset)",
+                            "FAN-SFT / SFT <= 1.05", []),
+    "finetune_loader_bench": ("data loader samples/s vs the training loop's consumption",
+                              "the loader is never the bottleneck", []),
+    "serve_overhead": ("policy server round trip over in-process inference (p50/p99), msgpack vs json_numpy",
+                       "our envelope's overhead below json_numpy's", []),
+    "eval_trial_overhead": ("evaluation trial cost per step vs a bare control-loop episode",
+                            "the trial runner adds little", []),
+}
+
+
+def run(name: str, args: list[str]) -> tuple[str, float, int]:
+    env = {**os.environ, "MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl"), "PYTHONUNBUFFERED": "1"}
+    started = time.monotonic()
+    result = subprocess.run([sys.executable, str(BENCH_DIR / f"{name}.py"), *args], capture_output=True, text=True,
+                            env=env, cwd=BENCH_DIR.parent)
+    output = (result.stdout + ("\n" + result.stderr if result.returncode else "")).strip()
+    return output, time.monotonic() - started, result.returncode
+
+
+def section(name: str, output: str, seconds: float, code: int) -> str:
+    what, goal, args = BENCHMARKS[name]
+    command = " ".join(["python", f"bench/{name}.py", *args])
+    status = "" if code == 0 else f"\n**The benchmark exited with code {code}.**\n"
+    return (f"## {name}\n\n{what}. Goal: {goal}.\n\n`{command}` ({seconds:.0f} s){status}\n\n"
+            f"```\n{output}\n```\n")
+
+
+def machine() -> str:
+    cores = os.cpu_count()
+    memory = ""
+    try:
+        kib = int(re.search(r"MemTotal:\s+(\d+)", Path("/proc/meminfo").read_text()).group(1))
+        memory = f", {kib / 2**20:.0f} GiB"
+    except (OSError, AttributeError):
+        pass
+    return f"{platform.machine()}, {cores} cores{memory}, Python {platform.python_version()}"
+
+
+def existing_sections() -> dict[str, str]:
+    if not DOC.exists():
+        return {}
+    parts = re.split(r"(?m)^## ", DOC.read_text())
+    return {part.split("\n", 1)[0].strip(): "## " + part for part in parts[1:]}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("names", nargs="*", help=f"benchmarks to run (default all): {', '.join(BENCHMARKS)}")
+    args = parser.parse_args()
+    unknown = sorted(set(args.names) - set(BENCHMARKS))
+    if unknown:
+        parser.error(f"unknown benchmarks {unknown}; choose from {', '.join(BENCHMARKS)}")
+    sections = existing_sections()
+    failed = []
+    for name in args.names or list(BENCHMARKS):
+        print(f"== {name}", flush=True)
+        output, seconds, code = run(name, BENCHMARKS[name][2])
+        print(output, flush=True)
+        sections[name] = section(name, output, seconds, code)
+        if code:
+            failed.append(name)
+    header = (f"# Benchmarks\n\nEvery script in `bench/` prints its figures and a ratio against a baseline it "
+              f"measures in the same run. This page is written by `python bench/run_all.py` (`make bench`) from "
+              f"what they printed; rerun it to refresh.\n\nLast run: {datetime.now(UTC):%Y-%m-%d %H:%M} UTC on "
+              f"{machine()}. Timings on a shared 2-core machine are noisy; the ratios are the point.\n\n")
+    DOC.write_text(header + "\n".join(sections[name] for name in BENCHMARKS if name in sections))
+    print(f"wrote {DOC}")
+    if failed:
+        print(f"failed: {', '.join(failed)}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
