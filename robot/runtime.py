@@ -9,6 +9,10 @@ One tick reads like the data flow::
     subscriber.on_step(step)                    recorder, step log, video writer
     clock.sleep_until(next tick)                late ticks are counted
 
+The first observation of an episode is a frame received after the episode began: a scene reset just
+before (a person placing the object, the twin teleporting it) must not reach the agent or the recording
+as the previous episode's last picture.
+
 A watchdog holds the arm when the agent delivers no fresh command for ``watchdog_hold_s`` and
 ends the episode as aborted after ``watchdog_stop_s``. A missing command is never replaced by the
 previous one: the arm holds where it is.
@@ -23,7 +27,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Protocol
 
-from robot.errors import RobotError
+from robot.errors import CameraTimeoutError, RobotError
 from robot.interfaces import ArmState, CameraFrame, GripperState
 from robot.safety import Command, SafeCommand, Watchdog
 
@@ -117,6 +121,8 @@ class ControlLoop:
     subscribers: Sequence[Subscriber] = ()
     # A tick that starts later than this fraction of the period counts as late.
     late_fraction: float = 0.2
+    # How long the first tick may wait for a frame received after the episode began.
+    fresh_frame_timeout_s: float = 1.0
 
     @property
     def period_s(self) -> float:
@@ -136,6 +142,8 @@ class ControlLoop:
         result: EpisodeResult | None = None
         steps = late_ticks = 0
         try:
+            self._await_frame_received_after(start_s)
+            start_s = clock.now_s()
             for steps in range(1, max_steps + 1):
                 tick_s = start_s + (steps - 1) * self.period_s
                 late = clock.now_s() - tick_s > self.late_fraction * self.period_s
@@ -163,6 +171,16 @@ class ControlLoop:
         for subscriber in self.subscribers:
             subscriber.on_episode_end(result)
         return result
+
+    def _await_frame_received_after(self, time_s: float) -> None:
+        """Wait (at most one frame period in practice) until the camera's newest frame postdates ``time_s``."""
+        clock, camera = self.robot.clock, self.robot.camera
+        poll_s = min(0.005, self.period_s / 4)
+        while camera.latest().received_s <= time_s:
+            if clock.now_s() - time_s > self.fresh_frame_timeout_s:
+                raise CameraTimeoutError(f"no camera frame received within {self.fresh_frame_timeout_s:g} s of the "
+                                         "episode start")
+            clock.sleep_until(clock.now_s() + poll_s)
 
     @staticmethod
     def _ask(agent: Agent, observation: Observation) -> AgentOutput:

@@ -114,3 +114,15 @@ def test_timeout_when_the_agent_never_finishes(robot):
     collector = Collector()
     result = _loop(robot, collector).run_episode(DescendAgent(ticks=10_000), "x", max_duration_s=1.0)
     assert result.status == EpisodeStatus.TIMEOUT and result.steps == 10
+
+
+def test_first_observation_is_a_frame_received_after_the_scene_reset(robot):
+    """A teleported object must not reach the agent as the previous scene's last picture."""
+    robot.camera.latest()  # a frame of the old scene is waiting
+    robot.twin.reset_scene()
+    reset_s = robot.clock.now_s()
+    collector = Collector()
+    _loop(robot, collector).run_episode(DescendAgent(ticks=2), "go down", max_duration_s=5.0)
+    first = collector.steps[0].observation
+    assert first.frame.received_s > reset_s
+    assert first.time_s - reset_s < 0.2  # waited about one frame period, not more
