@@ -3,16 +3,19 @@
 ``ScriptedExpert`` is a runtime ``Agent`` (robot/runtime.py). At the first tick of an episode it reads
 where the object and the box really are (the twin's privileged state, not the camera) and plans TCP
 waypoints: approach above the object, descend, close the gripper, lift, carry above the box, open,
-retreat. Each segment speeds up and slows down along a quintic smoothstep (continuous acceleration),
-so velocity and acceleration are zero at every waypoint and the 10 Hz commands change smoothly; short
-pauses around the gripper actions give real no-op steps, as a human demonstrator's do. Each episode
-draws its own style (cruise speed, approach height, pauses, small grasp offsets) from a seeded
-``numpy`` Generator, so demonstrations vary.
+retreat.
 
-The expert tracks the arm: plan time only advances while the measured TCP keeps up with the plan, so a
-clamped or slowed arm is waited for instead of being handed ever larger steps. If the object is not
-between the fingers after the lift, it re-plans the grasp from where the object now lies (at most
-``max_grasp_attempts``). It raises ``Event.DONE`` when the plan is finished.
+It moves between waypoints by state feedback, not along a timed trajectory: every command is a step
+from the *measured* TCP towards the current waypoint, at a speed that falls with the remaining distance
+(capped by the episode's cruise speed, and by an acceleration limit at the start of a move). So the
+action is a function of what the camera can see (where the gripper is relative to its goal), nearby
+states get commands that converge on the goal, and a clamped or slowed arm is simply followed: the
+properties a single-frame policy needs to imitate it in closed loop. Short holds around the gripper
+actions give real no-op steps, as a human demonstrator's do. Each episode draws its own style (cruise
+speed, approach height, holds, small grasp offsets) from a seeded ``numpy`` Generator.
+
+If the object is not between the fingers after the lift, it re-plans the grasp from where the object
+now lies (at most ``max_grasp_attempts``). It raises ``Event.DONE`` when the plan is finished.
 
 It is independent of the recorder: the evaluation uses it as the "scripted expert policy" baseline.
 """
@@ -33,11 +36,20 @@ from robot.safety import Command
 from robot.scene import SceneSpec, grasp_tcp_pose, release_tcp_pose
 
 GRIPPER_OPEN, GRIPPER_CLOSED = 1.0, 0.0
-# The plan waits for the arm when the measured TCP trails the planned one by more than this.
-TRACKING_TOLERANCE_MM = 12.0
-# Peak rotation speed of a segment (keeps each 10 Hz step well inside safety.max_step_rot_deg).
-PEAK_ROTATION_DEG_S = 60.0
-MIN_SEGMENT_S = 0.3
+# Speed towards a waypoint = FEEDBACK_GAIN_PER_S x remaining distance, between a floor (so moves end in
+# finite time) and the cruise speed; the same law for rotation.
+FEEDBACK_GAIN_PER_S = 3.5
+MIN_SPEED_MM_S = 10.0
+PEAK_ROTATION_DEG_S = 60.0  # keeps each 10 Hz step well inside safety.max_step_rot_deg
+MIN_ROTATION_DEG_S = 5.0
+ACCELERATION_MM_S2 = 600.0  # a move from rest reaches 120 mm/s in two 10 Hz ticks
+ARRIVED_MM, ARRIVED_DEG = 0.5, 0.5
+STALLED_TICKS = 5  # a waypoint the arm cannot get closer to (a clamp) counts as reached after this
+# The gripper is closed (opened) during the last millimetres down to the grasp (release) pose, at a crawl:
+# the gripper command then changes on several moving steps, which survive the no-op filter, instead of on
+# a single step followed by holds (no-ops) that a single-frame policy would almost never see.
+GRIP_ON_THE_WAY_MM = 5.0
+GRIP_ON_THE_WAY_SPEED_MM_S = 11.0
 
 
 class PrivilegedScene(Protocol):
@@ -65,12 +77,11 @@ Range = tuple[float, float]
 class StyleRanges:
     """Uniform ranges from which each episode's demonstration style is drawn."""
 
-    peak_speed_mm_s: Range = (80.0, 130.0)  # cruise speed of the long moves (safety allows 150 mm/s)
-    ramp_s: Range = (0.2, 0.4)  # time to speed up to (and slow down from) the cruise speed
+    peak_speed_mm_s: Range = (90.0, 125.0)  # cruise speed of the long moves (safety allows 150 mm/s)
     approach_height_mm: Range = (45.0, 85.0)  # pre-grasp height above the grasp pose
     final_approach_speed_factor: Range = (0.5, 0.7)  # of the peak speed, for the last cm to the grasp
-    segment_speed_jitter: Range = (0.85, 1.1)  # per segment, times the episode's peak speed
-    pause_s: Range = (0.1, 0.4)  # short hesitations before and after gripper actions
+    segment_speed_jitter: Range = (0.9, 1.1)  # per move, times the episode's peak speed
+    pause_s: Range = (0.1, 0.4)  # short holds before and after gripper actions
     lift_margin_mm: Range = (5.0, 30.0)  # carry height above the release height
     retreat_mm: Range = (40.0, 80.0)
     grasp_offset_mm: float = 2.0  # +/- on x and y of the grasp point
@@ -83,7 +94,6 @@ class Style:
     """One episode's demonstration style (see :class:`StyleRanges`)."""
 
     peak_speed_mm_s: float
-    ramp_s: float
     approach_height_mm: float
     final_approach_speed_factor: float
     lift_margin_mm: float
@@ -95,114 +105,117 @@ class Style:
     @classmethod
     def draw(cls, rng: np.random.Generator, ranges: StyleRanges) -> Style:
         g, r = ranges.grasp_offset_mm, ranges.release_offset_mm
-        return cls(float(rng.uniform(*ranges.peak_speed_mm_s)), float(rng.uniform(*ranges.ramp_s)),
-                   float(rng.uniform(*ranges.approach_height_mm)),
+        return cls(float(rng.uniform(*ranges.peak_speed_mm_s)), float(rng.uniform(*ranges.approach_height_mm)),
                    float(rng.uniform(*ranges.final_approach_speed_factor)), float(rng.uniform(*ranges.lift_margin_mm)),
                    float(rng.uniform(*ranges.retreat_mm)), (float(rng.uniform(-g, g)), float(rng.uniform(-g, g))),
                    math.radians(float(rng.uniform(-ranges.grasp_yaw_offset_deg, ranges.grasp_yaw_offset_deg))),
                    (float(rng.uniform(-r, r)), float(rng.uniform(-r, r))))
 
     def to_dict(self) -> dict:
-        return {"peak_speed_mm_s": round(self.peak_speed_mm_s, 2), "ramp_s": round(self.ramp_s, 3),
+        return {"peak_speed_mm_s": round(self.peak_speed_mm_s, 2),
                 "approach_height_mm": round(self.approach_height_mm, 2),
                 "lift_margin_mm": round(self.lift_margin_mm, 2), "retreat_mm": round(self.retreat_mm, 2)}
 
 
-def _ramp_distance(u: float) -> float:
-    """Distance covered while the speed rises from 0 to 1 along the quintic smoothstep, over a unit time.
-
-    The speed ``u^3 (10 - 15u + 6u^2)`` starts and ends with zero acceleration, so the jerk stays finite;
-    its integral is ``u^4 (2.5 - 3u + u^2)`` (0.5 at u = 1).
-    """
-    u = min(max(u, 0.0), 1.0)
-    return u ** 4 * (2.5 - 3.0 * u + u * u)
-
-
-def cruise_fraction(t_s: float, duration_s: float, ramp_s: float) -> float:
-    """Fraction 0..1 of a move done at ``t_s``: smooth speed-up over ``ramp_s``, cruise, smooth slow-down."""
-    if duration_s <= 0 or t_s >= duration_s:
-        return 1.0
-    if t_s <= 0:
-        return 0.0
-    ramp = min(ramp_s, duration_s / 2)
-    speed = 1.0 / (duration_s - ramp)  # distance 1 = speed * (duration - ramp)
-    if t_s < ramp:
-        return speed * ramp * _ramp_distance(t_s / ramp)
-    if t_s > duration_s - ramp:
-        return 1.0 - speed * ramp * _ramp_distance((duration_s - t_s) / ramp)
-    return speed * (ramp / 2 + t_s - ramp)
-
-
-def move_duration_s(amount: float, peak_rate: float, ramp_s: float) -> float:
-    """Time to cover ``amount`` at ``peak_rate`` with smooth ramps (a shorter move never reaches cruise)."""
-    if amount <= 0:
-        return 0.0
-    cruise_s = amount / peak_rate
-    return cruise_s + min(ramp_s, cruise_s)
+def step_towards(measured: np.ndarray, target: np.ndarray, max_speed_mm_s: float, previous_speed_mm_s: float,
+                 period_s: float) -> tuple[np.ndarray, float]:
+    """(next TCP command, its speed in mm/s): one feedback step from ``measured`` towards ``target``."""
+    delta = pose_delta(measured, target)
+    distance_mm, angle_rad = float(np.linalg.norm(delta[:3])), float(np.linalg.norm(delta[3:]))
+    speed = min(max_speed_mm_s, max(MIN_SPEED_MM_S, FEEDBACK_GAIN_PER_S * distance_mm),
+                previous_speed_mm_s + ACCELERATION_MM_S2 * period_s)
+    turn = min(math.radians(PEAK_ROTATION_DEG_S),
+               max(math.radians(MIN_ROTATION_DEG_S), FEEDBACK_GAIN_PER_S * angle_rad))
+    move_fraction = 1.0 if distance_mm <= speed * period_s else speed * period_s / distance_mm
+    turn_fraction = 1.0 if angle_rad <= turn * period_s else turn * period_s / angle_rad
+    step = np.concatenate([delta[:3] * move_fraction, delta[3:] * turn_fraction])
+    return apply_pose_delta(measured, step), min(speed, distance_mm / period_s)
 
 
 @dataclass(frozen=True)
-class Segment:
-    """A straight TCP move (or a pause, when start == end) of ``duration_s`` with one gripper command."""
+class Waypoint:
+    """Move to ``pose`` at up to ``speed_mm_s`` commanding ``gripper``, then hold there for ``hold_s``."""
 
-    start: np.ndarray
-    end: np.ndarray
-    duration_s: float
+    pose: np.ndarray
     gripper: float
     label: str
-    ramp_s: float = 0.5
-
-    def pose_at(self, t_s: float) -> np.ndarray:
-        if self.duration_s <= 0 or np.array_equal(self.start, self.end):
-            return self.end
-        delta = pose_delta(self.start, self.end)
-        return apply_pose_delta(self.start, delta * cruise_fraction(t_s, self.duration_s, self.ramp_s))
+    speed_mm_s: float = 0.0  # 0: a hold where the previous waypoint ended
+    hold_s: float = 0.0
 
 
 @dataclass
 class Plan:
-    """Segments played one after another; ``t_s`` is time within the whole plan."""
+    """Waypoints followed one after another by feedback from the measured TCP."""
 
-    segments: list[Segment] = field(default_factory=list)
-
-    @property
-    def duration_s(self) -> float:
-        return sum(s.duration_s for s in self.segments)
+    waypoints: list[Waypoint] = field(default_factory=list)
+    index: int = 0
+    held_s: float = 0.0
+    speed_mm_s: float = 0.0
+    best_distance_mm: float = math.inf
+    stalled_ticks: int = 0
+    hold_pose: np.ndarray | None = None  # where the arm was when the current hold began
 
     @property
     def end_pose(self) -> np.ndarray:
-        return self.segments[-1].end
+        return self.waypoints[-1].pose
 
-    def at(self, t_s: float) -> tuple[np.ndarray, float, str]:
-        """(pose, gripper, label) at plan time ``t_s`` (held at the end after the last segment)."""
-        for segment in self.segments:
-            if t_s < segment.duration_s:
-                return segment.pose_at(t_s), segment.gripper, segment.label
-            t_s -= segment.duration_s
-        last = self.segments[-1]
-        return last.end, last.gripper, last.label
+    @property
+    def finished(self) -> bool:
+        return self.index >= len(self.waypoints)
+
+    def step(self, measured: np.ndarray, period_s: float) -> tuple[np.ndarray, float, str]:
+        """(TCP command, gripper, label) for this tick; advances past reached waypoints and finished holds."""
+        while not self.finished:
+            waypoint = self.waypoints[self.index]
+            if self.held_s == 0.0 and not self._reached(measured, waypoint):
+                command, self.speed_mm_s = step_towards(measured, waypoint.pose, waypoint.speed_mm_s,
+                                                        self.speed_mm_s, period_s)
+                return command, waypoint.gripper, waypoint.label
+            if self.held_s < waypoint.hold_s - 1e-9:
+                # Hold where the arm is (not where a stalled move aimed): holds are real no-op steps.
+                if self.held_s == 0.0:
+                    self.hold_pose = measured.copy()
+                self.held_s += period_s
+                self.speed_mm_s = 0.0
+                return self.hold_pose, waypoint.gripper, waypoint.label
+            self._advance()
+        last = self.waypoints[-1]
+        return last.pose, last.gripper, last.label
+
+    def _reached(self, measured: np.ndarray, waypoint: Waypoint) -> bool:
+        if waypoint.speed_mm_s <= 0:
+            return True
+        delta = pose_delta(measured, waypoint.pose)
+        distance_mm = float(np.linalg.norm(delta[:3]))
+        if distance_mm < self.best_distance_mm - 0.05:
+            self.best_distance_mm, self.stalled_ticks = distance_mm, 0
+        else:
+            self.stalled_ticks += 1
+        return ((distance_mm <= ARRIVED_MM and math.degrees(float(np.linalg.norm(delta[3:]))) <= ARRIVED_DEG)
+                or self.stalled_ticks >= STALLED_TICKS)
+
+    def _advance(self) -> None:
+        self.index += 1
+        self.held_s, self.best_distance_mm, self.stalled_ticks, self.hold_pose = 0.0, math.inf, 0, None
 
 
 class _Planner:
-    """Builds segments for one episode's style; durations from the distance, the speed and the rotation."""
+    """Builds waypoints with one episode's style: speeds jittered per move, hold times drawn per hold."""
 
     def __init__(self, style: Style, rng: np.random.Generator, ranges: StyleRanges) -> None:
         self.style, self.rng, self.ranges = style, rng, ranges
 
     def move(self, plan: Plan, to: np.ndarray, gripper: float, label: str, speed_factor: float = 1.0) -> None:
-        start = plan.end_pose
-        delta = pose_delta(start, to)
         speed = self.style.peak_speed_mm_s * speed_factor * self.rng.uniform(*self.ranges.segment_speed_jitter)
-        ramp = self.style.ramp_s
-        duration = max(move_duration_s(float(np.linalg.norm(delta[:3])), speed, ramp),
-                       move_duration_s(float(np.linalg.norm(delta[3:])), math.radians(PEAK_ROTATION_DEG_S), ramp),
-                       MIN_SEGMENT_S)
-        plan.segments.append(Segment(start, np.asarray(to, dtype=np.float64), duration, gripper, label, ramp))
+        plan.waypoints.append(Waypoint(np.asarray(to, dtype=np.float64), gripper, label, float(speed)))
+
+    def crawl(self, plan: Plan, to: np.ndarray, gripper: float, label: str) -> None:
+        """The last few millimetres at a fixed crawl, with the gripper already acting."""
+        plan.waypoints.append(Waypoint(np.asarray(to, dtype=np.float64), gripper, label, GRIP_ON_THE_WAY_SPEED_MM_S))
 
     def pause(self, plan: Plan, gripper: float, label: str, duration_s: float | None = None) -> None:
-        end = plan.end_pose
         duration = float(self.rng.uniform(*self.ranges.pause_s)) if duration_s is None else duration_s
-        plan.segments.append(Segment(end, end, duration, gripper, label))
+        plan.waypoints.append(Waypoint(plan.end_pose, gripper, label, hold_s=duration))
 
 
 def reachable_towards(reach: Reach | None, anchor: np.ndarray, target: np.ndarray, seed_joints_rad: np.ndarray,
@@ -244,7 +257,6 @@ class ScriptedExpert:
         self.style: Style | None = None
         self._plan: Plan | None = None
         self._phase = ""
-        self._plan_time_s = 0.0
         self._start_pose = np.zeros(6)
         self._joints = np.zeros(6)
         self._place_waypoints: tuple[np.ndarray, np.ndarray] = (np.zeros(6), np.zeros(6))
@@ -254,7 +266,7 @@ class ScriptedExpert:
     def reset(self, instruction: str) -> None:
         self.instruction = instruction
         self.style = Style.draw(self.rng, self.ranges)
-        self._plan, self._phase, self._plan_time_s, self.attempts = None, "", 0.0, 0
+        self._plan, self._phase, self.attempts = None, "", 0
 
     def act(self, observation: Observation) -> AgentOutput:
         measured = np.asarray(observation.arm.tcp_pose, dtype=np.float64)
@@ -262,14 +274,11 @@ class ScriptedExpert:
         if self._plan is None:
             self._start_pose = measured.copy()
             self._start_pick(measured, GRIPPER_OPEN)
-        planned, _, _ = self._plan.at(self._plan_time_s)
-        # Wait for the arm when it trails the plan (a clamp or a slow servo): never run away from it.
-        if np.linalg.norm(planned[:3] - measured[:3]) <= TRACKING_TOLERANCE_MM:
-            self._plan_time_s += self.period_s
-        if self._plan_time_s >= self._plan.duration_s and not self._next_phase(measured):
-            pose, gripper, label = self._plan.at(self._plan.duration_s)
-            return AgentOutput(Command.to_pose(pose, gripper), frozenset({Event.DONE}), self._info(label))
-        pose, gripper, label = self._plan.at(self._plan_time_s)
+        pose, gripper, label = self._plan.step(measured, self.period_s)
+        if self._plan.finished:
+            if not self._next_phase(measured):
+                return AgentOutput(Command.to_pose(pose, gripper), frozenset({Event.DONE}), self._info(label))
+            pose, gripper, label = self._plan.step(measured, self.period_s)
         return AgentOutput(Command.to_pose(pose, gripper), info=self._info(label))
 
     def _info(self, label: str) -> dict:
@@ -287,7 +296,7 @@ class ScriptedExpert:
         return False
 
     def _begin(self, phase: str, plan: Plan) -> None:
-        self._phase, self._plan, self._plan_time_s = phase, plan, 0.0
+        self._phase, self._plan = phase, plan
 
     def _scene_spec(self) -> SceneSpec:
         """The scene as it is now: object and box where the simulator says they are."""
@@ -330,7 +339,7 @@ class ScriptedExpert:
         lift[2] = carry_z
         lift = reachable_towards(self.reach, grasp, lift, self._joints)
 
-        plan = Plan([Segment(measured, measured, 0.0, gripper_now, "start")])
+        plan = Plan([Waypoint(measured.copy(), gripper_now, "start")])
         if gripper_now == GRIPPER_CLOSED:  # a missed grasp: open and rise before trying again
             planner.pause(plan, GRIPPER_OPEN, "reopen", self.gripper_settle_s + 0.1)
             rise = measured.copy()
@@ -339,9 +348,11 @@ class ScriptedExpert:
         planner.move(plan, above, GRIPPER_OPEN, "approach")
         planner.pause(plan, GRIPPER_OPEN, "align")
         planner.move(plan, near, GRIPPER_OPEN, "descend", speed_factor=0.8)
-        planner.move(plan, grasp, GRIPPER_OPEN, "final-approach", speed_factor=style.final_approach_speed_factor)
-        planner.pause(plan, GRIPPER_OPEN, "settle")
-        planner.pause(plan, GRIPPER_CLOSED, "close", self.gripper_settle_s + float(self.rng.uniform(0.1, 0.3)))
+        pre_grasp = grasp.copy()
+        pre_grasp[2] += GRIP_ON_THE_WAY_MM
+        planner.move(plan, pre_grasp, GRIPPER_OPEN, "final-approach", speed_factor=style.final_approach_speed_factor)
+        planner.crawl(plan, grasp, GRIPPER_CLOSED, "close")
+        planner.pause(plan, GRIPPER_CLOSED, "grip", self.gripper_settle_s + float(self.rng.uniform(0.1, 0.3)))
         planner.move(plan, lift, GRIPPER_CLOSED, "lift", speed_factor=0.8)
         self._begin("pick", plan)
 
@@ -353,12 +364,14 @@ class ScriptedExpert:
         carry = release.copy()
         carry[2] = start[2]
 
-        plan = Plan([Segment(start, start, 0.0, GRIPPER_CLOSED, "start")])
+        plan = Plan([Waypoint(start, GRIPPER_CLOSED, "start")])
         planner.move(plan, carry, GRIPPER_CLOSED, "carry")
-        if carry[2] - release[2] > 1.0:
-            planner.move(plan, release, GRIPPER_CLOSED, "lower", speed_factor=0.7)
-        planner.pause(plan, GRIPPER_CLOSED, "steady")
-        planner.pause(plan, GRIPPER_OPEN, "release", self.gripper_settle_s + float(self.rng.uniform(0.1, 0.3)))
+        above_release = release.copy()
+        above_release[2] += GRIP_ON_THE_WAY_MM
+        if carry[2] - above_release[2] > 1.0:
+            planner.move(plan, above_release, GRIPPER_CLOSED, "lower", speed_factor=0.7)
+        planner.crawl(plan, release, GRIPPER_OPEN, "release")
+        planner.pause(plan, GRIPPER_OPEN, "let-go", self.gripper_settle_s + float(self.rng.uniform(0.1, 0.3)))
         planner.move(plan, retreat, GRIPPER_OPEN, "retreat", speed_factor=0.8)
         planner.pause(plan, GRIPPER_OPEN, "done")
         self._begin("place", plan)
