@@ -111,16 +111,9 @@ def _train_cells(demo: Demo, cells: list[Cell], stores: list[Path], jobs: int) -
         out = _cell_dir(demo, cell, "train")
         if (out / "final" / "fanvla.json").is_file():
             continue
-        argv = ["finetune", "--data", *map(str, stores), "--init", str(demo.out / "init"), "--out", str(out),
-                "--method", "fan-sft" if cell.alpha > 0 else "sft", "--full", "--steps", str(demo.preset.steps),
-                "--batch-size", str(demo.preset.batch_size), "--seed", str(demo.seed), "--threads", "1",
-                "--max-episodes", str(cell.episodes), "--val-every", str(demo.preset.val_every),
-                "--frame-cache", str(demo.out / "frame-cache"), "--no-progress"]
-        if cell.alpha > 0:
-            argv += ["--alpha", f"{cell.alpha:g}"]
-        if out.exists():
-            argv.append("--resume")
-        pending.append((f"train-{cell.name}", fanvla_argv(*argv), demo.log(f"train-{cell.name}")))
+        method, alpha = ("fan-sft", cell.alpha) if cell.alpha > 0 else ("sft", None)
+        argv = demo.finetune_argv(stores, out, method, alpha, "--max-episodes", str(cell.episodes))
+        pending.append((f"train-{cell.name}", argv, demo.log(f"train-{cell.name}")))
     _in_batches(pending, jobs)
 
 

@@ -1,0 +1,105 @@
+"""``fanvla demo --quick`` and ``fanvla sweep --quick`` end to end: the real CLI in child processes, every stage."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from collect.store import EpisodeStore
+from eval_protocols.results import RunStore
+
+TASKS = ("task1", "task2", "task3", "task4")
+STAGES = ("config", "record", "init", "finetune", "evaluate", "report")
+
+
+def _fanvla(*args: str, timeout_s: float = 600) -> subprocess.CompletedProcess:
+    env = {**os.environ, "MUJOCO_GL": "egl", "LP_NUM_THREADS": "1"}
+    result = subprocess.run([sys.executable, "-m", "fanvla", *args], capture_output=True, text=True, env=env,
+                            timeout=timeout_s)
+    assert result.returncode == 0, f"fanvla {' '.join(args)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    return result
+
+
+@pytest.fixture(scope="module")
+def quick_demo(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess, float]:
+    out = tmp_path_factory.mktemp("demo") / "run"
+    started = time.monotonic()
+    result = _fanvla("demo", "--quick", "--out", str(out))
+    return out, result, time.monotonic() - started
+
+
+def test_quick_demo_runs_every_stage_within_five_minutes(quick_demo):
+    out, result, elapsed_s = quick_demo
+    assert elapsed_s < 300, f"the quick demo took {elapsed_s:.0f} s"
+    summary = json.loads((out / "demo.json").read_text())
+    assert set(summary["timings_s"]) == {*STAGES, "total"}
+    assert summary["preset"]["trials"] == 2 and summary["camera_overrides"]["camera.depth.enabled"] is False
+    for stage in STAGES:
+        assert f"] {stage} ==" in result.stdout
+
+
+def test_quick_demo_records_trains_and_scores_each_method(quick_demo):
+    out, _, _ = quick_demo
+    summary = json.loads((out / "demo.json").read_text())
+    stores = sorted(out.glob("demos-*.zarr"))
+    episodes = 0
+    for path in stores:
+        with EpisodeStore.open(path, mode="r") as store:
+            episodes += store.num_episodes
+            assert store.num_frames > 0
+    assert len(stores) == 2 and episodes == summary["preset"]["episodes"]
+    for method in ("sft", "fan-sft"):
+        final = out / f"train-{method}" / "final"
+        assert (final / "fanvla.json").is_file() and (final / "config.json").is_file()
+        run = RunStore.read(out / f"eval-{method}")
+        for task in TASKS:
+            assert len(run.records(task)) == 2, f"{method} {task}"
+    assert json.loads((out / "train-fan-sft" / "final" / "fanvla.json").read_text())  # readable provenance
+
+
+def test_quick_demo_report_is_the_table_it_prints(quick_demo):
+    out, result, _ = quick_demo
+    table = (out / "report" / "README.md").read_text()
+    assert "OpenVLA-tiny + SFT" in table and "OpenVLA-tiny + FAN-SFT" in table
+    assert all(task in table for task in TASKS)
+    assert table.strip() in result.stdout
+    numbers = json.loads((out / "report" / "results.json").read_text())
+    assert numbers and (out / "report" / "chart.png").stat().st_size > 0
+
+
+def test_rerunning_the_quick_demo_resumes_without_redoing_work(quick_demo):
+    out, _, first_s = quick_demo
+    before = (out / "eval-sft" / "results.jsonl").read_bytes()
+    started = time.monotonic()
+    result = _fanvla("demo", "--quick", "--out", str(out))
+    assert "reusing the initial model" in result.stdout
+    assert (out / "eval-sft" / "results.jsonl").read_bytes() == before  # no trial scored twice
+    assert time.monotonic() - started < first_s
+
+
+def test_demo_refuses_an_out_folder_made_with_another_configuration(quick_demo, tmp_path):
+    out, _, _ = quick_demo
+    other = tmp_path / "hardware.yaml"
+    other.write_text((Path(__file__).resolve().parents[2] / "hardware.yaml").read_text()
+                     .replace("rate_hz: 10.0", "rate_hz: 5.0", 1))
+    result = subprocess.run([sys.executable, "-m", "fanvla", "demo", "--quick", "--out", str(out), "--config",
+                             str(other)], capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0 and "differs from this demo's configuration" in result.stderr
+
+
+def test_quick_sweep_on_the_demo_stores_writes_every_cell(quick_demo, tmp_path):
+    out, _, _ = quick_demo
+    stores = [str(p) for p in sorted(out.glob("demos-*.zarr"))]
+    sweep = tmp_path / "sweep"
+    _fanvla("sweep", "--quick", "--out", str(sweep), "--data", *stores, "--alphas", "0,0.05", "--episodes", "3,6",
+            "--tasks", "task1", "--trials", "1")
+    rows = json.loads((sweep / "sweep.json").read_text())
+    assert sorted((r["episodes"], r["alpha"]) for r in rows) == [(3, 0.0), (3, 0.05), (6, 0.0), (6, 0.05)]
+    assert all(r["task"] == "task1" and r["trials"] == 1 and 0 <= r["ci_low"] <= r["ci_high"] <= 1 for r in rows)
+    assert (sweep / "sweep.png").stat().st_size > 0 and (sweep / "sweep.csv").read_text().count("\n") == 5
