@@ -87,6 +87,11 @@ class StyleRanges:
     grasp_offset_mm: float = 2.0  # +/- on x and y of the grasp point
     grasp_yaw_offset_deg: float = 3.0
     release_offset_mm: float = 10.0  # +/- on x and y of the release point above the box centre
+    # Corrections, as a human demonstrator makes them: with this probability a move first aims at a point off
+    # its target (uniform in a horizontal disc of the given radius), then corrects to the target.
+    detour_probability: float = 0.5
+    approach_detour_mm: float = 25.0
+    descent_detour_mm: float = 10.0
 
 
 @dataclass(frozen=True)
@@ -208,6 +213,16 @@ class _Planner:
     def move(self, plan: Plan, to: np.ndarray, gripper: float, label: str, speed_factor: float = 1.0) -> None:
         speed = self.style.peak_speed_mm_s * speed_factor * self.rng.uniform(*self.ranges.segment_speed_jitter)
         plan.waypoints.append(Waypoint(np.asarray(to, dtype=np.float64), gripper, label, float(speed)))
+
+    def detour(self, plan: Plan, to: np.ndarray, radius_mm: float, gripper: float, label: str,
+               speed_factor: float = 1.0) -> None:
+        """Sometimes (``detour_probability``) first move to a point beside ``to``; the next move corrects."""
+        if radius_mm <= 0 or self.rng.random() >= self.ranges.detour_probability:
+            return
+        angle, radius = self.rng.uniform(0.0, 2.0 * math.pi), radius_mm * math.sqrt(self.rng.random())
+        beside = np.asarray(to, dtype=np.float64).copy()
+        beside[:2] += radius * np.array([math.cos(angle), math.sin(angle)])
+        self.move(plan, beside, gripper, label, speed_factor)
 
     def crawl(self, plan: Plan, to: np.ndarray, gripper: float, label: str) -> None:
         """The last few millimetres at a fixed crawl, with the gripper already acting."""
@@ -345,8 +360,10 @@ class ScriptedExpert:
             rise = measured.copy()
             rise[2] = max(rise[2], carry_z)
             planner.move(plan, rise, GRIPPER_OPEN, "rise")
+        planner.detour(plan, above, self.ranges.approach_detour_mm, GRIPPER_OPEN, "approach-detour")
         planner.move(plan, above, GRIPPER_OPEN, "approach")
         planner.pause(plan, GRIPPER_OPEN, "align")
+        planner.detour(plan, near, self.ranges.descent_detour_mm, GRIPPER_OPEN, "descent-detour", speed_factor=0.8)
         planner.move(plan, near, GRIPPER_OPEN, "descend", speed_factor=0.8)
         pre_grasp = grasp.copy()
         pre_grasp[2] += GRIP_ON_THE_WAY_MM

@@ -31,7 +31,7 @@ def robot(config):
         yield robot
 
 
-def run_scenes(robot, config, seeds, ranges, keeper=None):
+def run_scenes(robot, config, seeds, ranges, keeper=None, style_ranges=None):
     """(successes, episodes) of the expert over the scenes of ``seeds``; objects cycle."""
     sampler, objects = SceneSampler(config), sorted(config.scene.objects)
     loop = ControlLoop(robot, config.recording.rate_hz, config.safety.watchdog_hold_s, config.safety.watchdog_stop_s,
@@ -39,7 +39,8 @@ def run_scenes(robot, config, seeds, ranges, keeper=None):
     successes, failures = 0, []
     for i, seed in enumerate(seeds):
         spec = robot.twin.reset_scene(sampler.sample(seed, objects[i % len(objects)], ranges))
-        expert = ScriptedExpert(robot.twin, config.recording.period_s, np.random.default_rng(seed))
+        expert = ScriptedExpert(robot.twin, config.recording.period_s, np.random.default_rng(seed),
+                                style_ranges=style_ranges)
         result = loop.run_episode(expert, spec.instruction(config), max_duration_s=60.0)
         report = robot.twin.task_success()
         if result.status == EpisodeStatus.COMPLETED and report:
@@ -85,6 +86,19 @@ def test_commands_are_smooth_clean_and_end_with_done(robot, config):
     assert np.count_nonzero(np.diff(gripper)) == 2 and gripper[0] == 1.0 and gripper[-1] == 1.0
     assert Event.DONE in keeper.results[-1].reason or keeper.results[-1].status == EpisodeStatus.COMPLETED
     assert 80 <= len(steps) <= 220  # 8..22 s: a human-like pace
+
+
+def test_detours_are_corrected_and_the_task_still_succeeds(robot, config):
+    keeper = Keeper()
+    always = StyleRanges(detour_probability=1.0, approach_detour_mm=30.0, descent_detour_mm=12.0)
+    ok, failed = run_scenes(robot, config, [11, 12], None, keeper, style_ranges=always)
+    assert ok == 2, failed
+    phases = [s.agent_info["expert_phase"] for s in keeper.steps]
+    assert phases.count("pick:approach-detour") > 0 and phases.count("pick:descent-detour") > 0
+    # every detour is followed by the move that corrects it
+    for detour, correction in (("pick:approach-detour", "pick:approach"), ("pick:descent-detour", "pick:descend")):
+        last = len(phases) - 1 - phases[::-1].index(detour)
+        assert phases[last + 1] == correction
 
 
 def test_demonstrations_vary_with_the_seed_and_repeat_for_the_same_seed(config):
