@@ -133,8 +133,10 @@ def step_towards(measured: np.ndarray, target: np.ndarray, max_speed_mm_s: float
                max(math.radians(MIN_ROTATION_DEG_S), FEEDBACK_GAIN_PER_S * angle_rad))
     move_fraction = 1.0 if distance_mm <= speed * period_s else speed * period_s / distance_mm
     turn_fraction = 1.0 if angle_rad <= turn * period_s else turn * period_s / angle_rad
-    step = np.concatenate([delta[:3] * move_fraction, delta[3:] * turn_fraction])
-    return apply_pose_delta(measured, step), min(speed, distance_mm / period_s)
+    # One fraction for both: translation and rotation progress together along the straight-line path, so
+    # the arm never combines the start's tool tilt with a far position (out of reach near the workspace edge).
+    fraction = min(move_fraction, turn_fraction)
+    return apply_pose_delta(measured, delta * fraction), distance_mm * fraction / period_s
 
 
 @dataclass(frozen=True)
@@ -207,8 +209,10 @@ class Plan:
 class _Planner:
     """Builds waypoints with one episode's style: speeds jittered per move, hold times drawn per hold."""
 
-    def __init__(self, style: Style, rng: np.random.Generator, ranges: StyleRanges) -> None:
+    def __init__(self, style: Style, rng: np.random.Generator, ranges: StyleRanges, reach: Reach | None = None,
+                 seed_joints_rad: np.ndarray | None = None) -> None:
         self.style, self.rng, self.ranges = style, rng, ranges
+        self.reach, self.seed_joints_rad = reach, seed_joints_rad
 
     def move(self, plan: Plan, to: np.ndarray, gripper: float, label: str, speed_factor: float = 1.0) -> None:
         speed = self.style.peak_speed_mm_s * speed_factor * self.rng.uniform(*self.ranges.segment_speed_jitter)
@@ -220,8 +224,11 @@ class _Planner:
         if radius_mm <= 0 or self.rng.random() >= self.ranges.detour_probability:
             return
         angle, radius = self.rng.uniform(0.0, 2.0 * math.pi), radius_mm * math.sqrt(self.rng.random())
-        beside = np.asarray(to, dtype=np.float64).copy()
+        target = np.asarray(to, dtype=np.float64)
+        beside = target.copy()
         beside[:2] += radius * np.array([math.cos(angle), math.sin(angle)])
+        if self.reach is not None and self.seed_joints_rad is not None:  # near the edge of the workspace
+            beside = reachable_towards(self.reach, target, beside, self.seed_joints_rad)
         self.move(plan, beside, gripper, label, speed_factor)
 
     def crawl(self, plan: Plan, to: np.ndarray, gripper: float, label: str) -> None:
@@ -332,7 +339,7 @@ class ScriptedExpert:
     def _start_pick(self, measured: np.ndarray, gripper_now: float) -> None:
         style, spec = self.style, self._scene_spec()
         self.attempts += 1
-        planner = _Planner(style, self.rng, self.ranges)
+        planner = _Planner(style, self.rng, self.ranges, self.reach, self._joints)
         grasp = grasp_tcp_pose(spec)
         grasp[:2] += style.grasp_offset_mm
         grasp[5] += style.grasp_yaw_offset_rad

@@ -27,6 +27,7 @@ def _run(config, policy, run_dir):
 def test_scripted_expert_succeeds_on_most_trials_of_every_task(tmp_path, hardware_config):
     progress, records = _run(hardware_config, "scripted-expert", tmp_path / "expert")
     failures = [(r["task"], r["trial"], r["note"], r["episode"]["reason"]) for r in records if not r["success"]]
+    print("scripted expert, 4 x 30 protocol:", {task: p["successes"] for task, p in progress.items()}, failures)
     assert all(p["successes"] >= 0.8 * TRIALS for p in progress.values()), (progress, failures)
     assert sum(p["successes"] for p in progress.values()) >= 0.9 * 4 * TRIALS, failures
     # every success is a real one: object inside the box, below the wall top, released
