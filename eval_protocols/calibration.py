@@ -14,7 +14,6 @@ the marker of an object can be drawn where the object's footprint lies on the ta
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from collect.layout import utc_now_iso
+from eval_protocols.results import read_json_document
 from robot.interfaces import Intrinsics
 from robot.scene import BOX, SceneSpec, object_geometry
 
@@ -78,14 +78,8 @@ class TableCalibration:
     @classmethod
     def load(cls, path: str | Path) -> TableCalibration:
         path = Path(path)
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise CalibrationError(f"no table calibration at {path}; make one with 'fanvla eval calibrate'") from None
-        except (OSError, json.JSONDecodeError) as error:
-            raise CalibrationError(f"cannot read {path}: {error}") from None
-        if not isinstance(data, dict) or data.get("format") != CALIBRATION_FORMAT:
-            raise CalibrationError(f"{path} is not a table calibration (format {CALIBRATION_FORMAT!r} expected)")
+        data = read_json_document(path, CALIBRATION_FORMAT, "a table calibration", CalibrationError,
+                                  f"no table calibration at {path}; make one with 'fanvla eval calibrate'")
         try:
             k = data["intrinsics"]
             intrinsics = Intrinsics(int(k["width"]), int(k["height"]), float(k["fx"]), float(k["fy"]),

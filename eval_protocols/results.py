@@ -181,16 +181,22 @@ class RunStore:
 
 
 def read_manifest(run_dir: Path) -> dict[str, Any]:
-    path = run_dir / RUN_FILE
+    return read_json_document(run_dir / RUN_FILE, RUN_FORMAT, "a fanvla evaluation run file", RunDirError,
+                              f"{run_dir} is not an evaluation run: no {RUN_FILE} (made by 'fanvla eval run')")
+
+
+def read_json_document(path: Path, expected_format: str, kind: str, error: type[Exception],
+                       missing_message: str) -> dict[str, Any]:
+    """A JSON object whose ``format`` is ``expected_format``; every failure is ``error`` with a clear message."""
     try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise RunDirError(f"{run_dir} is not an evaluation run: no {RUN_FILE} (made by 'fanvla eval run')") from None
-    except (OSError, json.JSONDecodeError) as error:
-        raise RunDirError(f"cannot read {path}: {error}") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != RUN_FORMAT:
-        raise RunDirError(f"{path} is not a fanvla evaluation run file (format {RUN_FORMAT!r} expected)")
-    return manifest
+        raise error(missing_message) from None
+    except (OSError, json.JSONDecodeError) as exc:
+        raise error(f"cannot read {path}: {exc}") from None
+    if not isinstance(data, dict) or data.get("format") != expected_format:
+        raise error(f"{path} is not {kind} (format {expected_format!r} expected)")
+    return data
 
 
 def _lock(run_dir: Path) -> int:
