@@ -71,7 +71,8 @@ def test_playback_frames_are_consistent_and_monotonic(recording, config):
         np.testing.assert_array_equal(frame.color, frame_content(frame.frame_number)[0])
     # Non-real-time playback hands over every frame it reads once it runs; the SDK's syncer may drop the first
     # few while it starts (measured over 12 runs: all 12 frames 10 times, 9 frames twice), never one later.
-    assert numbers[0] <= 4 and camera.frames_received >= FRAMES - 3
+    # (Which frame this loop sees first depends on how fast it runs, so only the driver's count is checked.)
+    assert camera.frames_received >= FRAMES - 3
 
 
 def test_playback_reports_its_end(recording, config):
