@@ -43,15 +43,7 @@ MIN_SPEED_MM_S = 10.0
 PEAK_ROTATION_DEG_S = 60.0  # keeps each 10 Hz step well inside safety.max_step_rot_deg
 MIN_ROTATION_DEG_S = 5.0
 ACCELERATION_MM_S2 = 600.0  # a move from rest reaches 120 mm/s in two 10 Hz ticks
-# Every command moves by whole multiples of these per axis (translation in the base frame, rotation vector
-# components), as a keyboard or a deadbanded spacemouse would. A policy that emits one 256-bin token per
-# dimension and decodes greedily imitates a few recurring values far better than a continuum: with
-# continuous labels, the bin at exactly zero (every still axis) collects more mass than any single bin of a
-# small correction, so the policy's argmax never makes the last corrections. The arrival tolerances cover
-# the half-quantum left on each axis.
-TRANSLATION_QUANTUM_MM = 1.0
-ROTATION_QUANTUM_DEG = 0.5
-ARRIVED_MM, ARRIVED_DEG = 1.0, 0.5
+ARRIVED_MM, ARRIVED_DEG = 0.5, 0.5
 STALLED_TICKS = 5  # a waypoint the arm cannot get closer to (a clamp) counts as reached after this
 # The gripper is closed (opened) during the last millimetres down to the grasp (release) pose, at a crawl:
 # the gripper command then changes on several moving steps, which survive the no-op filter, instead of on
@@ -144,17 +136,7 @@ def step_towards(measured: np.ndarray, target: np.ndarray, max_speed_mm_s: float
     # One fraction for both: translation and rotation progress together along the straight-line path, so
     # the arm never combines the start's tool tilt with a far position (out of reach near the workspace edge).
     fraction = min(move_fraction, turn_fraction)
-    step = np.concatenate([quantize(delta[:3] * fraction, delta[:3], TRANSLATION_QUANTUM_MM),
-                           quantize(delta[3:] * fraction, delta[3:], math.radians(ROTATION_QUANTUM_DEG))])
-    return apply_pose_delta(measured, step), distance_mm * fraction / period_s
-
-
-def quantize(step: np.ndarray, remaining: np.ndarray, quantum: float) -> np.ndarray:
-    """``step`` rounded to multiples of ``quantum`` per axis; an axis still at least half a quantum from its goal
-    moves by at least one quantum (so every axis settles within half a quantum instead of stopping short)."""
-    rounded = np.round(step / quantum) * quantum
-    nudge = (rounded == 0) & (np.abs(remaining) >= quantum / 2)
-    return np.where(nudge, np.sign(remaining) * quantum, rounded)
+    return apply_pose_delta(measured, delta * fraction), distance_mm * fraction / period_s
 
 
 @dataclass(frozen=True)
