@@ -43,6 +43,9 @@ class TinyPreset:
     llm_intermediate: int
     max_text_pieces: int = 512
     layer_scale_init: float = 0.1  # DINOv2 uses 1e-5 when pretraining; a from-scratch tiny model learns faster
+    # "sincos": position embeddings start as a fixed 2-D sine-cosine grid (MAE), so patch tokens know where
+    # they are from the first step; "random": small random values, as timm initialises them.
+    pos_embed_init: str = "sincos"
 
     @property
     def num_patches(self) -> int:
@@ -134,7 +137,23 @@ def _as_statistics(norm_stats: dict) -> dict[str, DatasetStatistics]:
     return parse_norm_stats(norm_stats, "norm_stats")
 
 
-def _init_vision_weights(module, layer_scale_init: float) -> None:
+def sincos_position_grid(grid: int, dim: int) -> np.ndarray:
+    """(grid*grid, dim) 2-D sine-cosine position embedding in raster order: half the channels encode the row,
+    half the column, each as sines and cosines of geometrically spaced frequencies."""
+    if dim % 4:
+        raise ValueError(f"a sine-cosine position embedding needs a width divisible by 4, got {dim}")
+    quarter = dim // 4
+    frequencies = 1.0 / 10000.0 ** (np.arange(quarter) / quarter)
+    rows, cols = np.meshgrid(np.arange(grid), np.arange(grid), indexing="ij")
+    parts = []
+    for coordinate in (rows.reshape(-1), cols.reshape(-1)):
+        angles = coordinate[:, None] * frequencies[None, :]
+        parts += [np.sin(angles), np.cos(angles)]
+    return np.concatenate(parts, axis=1).astype(np.float32)
+
+
+def _init_vision_weights(module, layer_scale_init: float, pos_embed_init: str) -> None:
+    import torch
     from torch import nn
 
     from policy.vit import AttentionPoolLatent, LayerScale, VisionTransformer
@@ -146,7 +165,13 @@ def _init_vision_weights(module, layer_scale_init: float) -> None:
         elif isinstance(sub, LayerScale):
             nn.init.constant_(sub.scale_factor, layer_scale_init)
         elif isinstance(sub, VisionTransformer):
-            nn.init.trunc_normal_(sub.pos_embed, std=0.02)
+            if pos_embed_init == "sincos":
+                grid = sincos_position_grid(sub.spec.grid_size, sub.spec.embed_dim)
+                sub.pos_embed.copy_(torch.from_numpy(grid)[None])
+            elif pos_embed_init == "random":
+                nn.init.trunc_normal_(sub.pos_embed, std=0.02)
+            else:
+                raise ValueError(f"pos_embed_init must be 'sincos' or 'random', got '{pos_embed_init}'")
             for name in ("cls_token", "reg_token"):
                 if hasattr(sub, name):
                     nn.init.normal_(getattr(sub, name), std=0.02)
@@ -174,7 +199,7 @@ def build_tiny_model(preset: str | TinyPreset = "test", seed: int = 0, instructi
     torch.manual_seed(seed)
     model = OpenVLA(config)
     with torch.no_grad():
-        _init_vision_weights(model.vision_backbone, spec.layer_scale_init)
+        _init_vision_weights(model.vision_backbone, spec.layer_scale_init, spec.pos_embed_init)
         for linear in (model.projector.fc1, model.projector.fc2, model.projector.fc3):
             torch.nn.init.normal_(linear.weight, std=1.0 / math.sqrt(linear.in_features))
             torch.nn.init.zeros_(linear.bias)

@@ -8,7 +8,7 @@ import torch
 
 from policy.openvla import OpenVLA
 from policy.prompt import build_training_example, collate_training_batch
-from policy.tiny import PRESETS, build_tiny, build_tiny_model, resolve_preset
+from policy.tiny import PRESETS, build_tiny, build_tiny_model, resolve_preset, sincos_position_grid
 from policy.tiny_tokenizer import train_tiny_tokenizer
 from tests.policy.conftest import random_images
 
@@ -46,6 +46,31 @@ def test_same_seed_same_weights_other_seed_other_weights():
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True))
     assert not torch.equal(a.projector.fc1.weight, c.projector.fc1.weight)
     assert not torch.equal(a.language_model.lm_head.weight, c.language_model.lm_head.weight)
+
+
+def test_sincos_position_grid_encodes_row_and_column():
+    grid = sincos_position_grid(3, 8)  # 9 patches; channels: sin(row), cos(row), sin(col), cos(col), 2 each
+    assert grid.shape == (9, 8)
+    np.testing.assert_allclose(grid[0], [0, 0, 1, 1, 0, 0, 1, 1], atol=1e-7)  # patch (0, 0)
+    np.testing.assert_allclose(grid[1, :4], grid[0, :4])  # same row, next column: the row half is unchanged
+    np.testing.assert_allclose(grid[1, 4], np.sin(1.0), rtol=1e-6)  # column 1 at the highest frequency
+    np.testing.assert_allclose(grid[3, 0], np.sin(1.0), rtol=1e-6)  # row 1
+    assert len({row.tobytes() for row in grid}) == 9  # every patch position is distinct
+    with pytest.raises(ValueError, match="divisible by 4"):
+        sincos_position_grid(3, 6)
+
+
+def test_position_embedding_init_follows_the_preset():
+    sincos = build_tiny_model("test")
+    towers = [sincos.vision_backbone.featurizer, sincos.vision_backbone.fused_featurizer]
+    for tower in towers:
+        expected = sincos_position_grid(tower.spec.grid_size, tower.spec.embed_dim)
+        np.testing.assert_array_equal(tower.pos_embed[0].detach().numpy(), expected)
+    random = build_tiny_model("test", overrides={"pos_embed_init": "random"})
+    pos = random.vision_backbone.featurizer.pos_embed
+    assert 0 < float(pos.detach().std()) < 0.05 and not torch.equal(pos, towers[0].pos_embed)
+    with pytest.raises(ValueError, match="pos_embed_init must be"):
+        build_tiny_model("test", overrides={"pos_embed_init": "learned"})
 
 
 def test_build_refuses_a_non_empty_directory(tmp_path):
