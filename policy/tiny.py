@@ -25,6 +25,7 @@ PRESET_KEY = "fanvla_tiny_preset"
 DINO_ID = "vit_large_patch14_reg4_dinov2.lvd142m"
 SIGLIP_ID = "vit_so400m_patch14_siglip_224"
 UNTRAINED_STATS_KEY = "untrained"
+POS_EMBED_INITS = ("sincos", "random")
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,10 @@ class TinyPreset:
     # "sincos": position embeddings start as a fixed 2-D sine-cosine grid (MAE), so patch tokens know where
     # they are from the first step; "random": small random values, as timm initialises them.
     pos_embed_init: str = "sincos"
+
+    def __post_init__(self) -> None:
+        if self.pos_embed_init not in POS_EMBED_INITS:
+            raise ValueError(f"pos_embed_init must be one of {POS_EMBED_INITS}, got '{self.pos_embed_init}'")
 
     @property
     def num_patches(self) -> int:
@@ -165,13 +170,11 @@ def _init_vision_weights(module, layer_scale_init: float, pos_embed_init: str) -
         elif isinstance(sub, LayerScale):
             nn.init.constant_(sub.scale_factor, layer_scale_init)
         elif isinstance(sub, VisionTransformer):
-            if pos_embed_init == "sincos":
+            if pos_embed_init == "sincos":  # the values are checked by TinyPreset
                 grid = sincos_position_grid(sub.spec.grid_size, sub.spec.embed_dim)
                 sub.pos_embed.copy_(torch.from_numpy(grid)[None])
-            elif pos_embed_init == "random":
-                nn.init.trunc_normal_(sub.pos_embed, std=0.02)
             else:
-                raise ValueError(f"pos_embed_init must be 'sincos' or 'random', got '{pos_embed_init}'")
+                nn.init.trunc_normal_(sub.pos_embed, std=0.02)
             for name in ("cls_token", "reg_token"):
                 if hasattr(sub, name):
                     nn.init.normal_(getattr(sub, name), std=0.02)

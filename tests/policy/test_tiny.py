@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -71,6 +72,8 @@ def test_position_embedding_init_follows_the_preset():
     assert 0 < float(pos.detach().std()) < 0.05 and not torch.equal(pos, towers[0].pos_embed)
     with pytest.raises(ValueError, match="pos_embed_init must be"):
         build_tiny_model("test", overrides={"pos_embed_init": "learned"})
+    with pytest.raises(ValueError, match="pos_embed_init must be"):
+        replace(PRESETS["test"], pos_embed_init="learned")  # a preset built in code is checked too
 
 
 def test_build_refuses_a_non_empty_directory(tmp_path):
