@@ -11,8 +11,10 @@ from the *measured* TCP towards the current waypoint, at a speed that falls with
 action is a function of what the camera can see (where the gripper is relative to its goal), nearby
 states get commands that converge on the goal, and a clamped or slowed arm is simply followed: the
 properties a single-frame policy needs to imitate it in closed loop. Short holds around the gripper
-actions give real no-op steps, as a human demonstrator's do. Each episode draws its own style (cruise
-speed, approach height, holds, small grasp offsets) from a seeded ``numpy`` Generator.
+actions give real no-op steps, as a human demonstrator's do. Moves go coarse to fine: the approach and
+the descent aim within a few mm of their targets and the next move corrects. Each episode draws its own
+style (holds, aiming errors; speeds, heights and offsets from ranges that are narrow by default) from a
+seeded ``numpy`` Generator.
 
 If the object is not between the fingers after the lift, it re-plans the grasp from where the object
 now lies (at most ``max_grasp_attempts``). It raises ``Event.DONE`` when the plan is finished.
@@ -75,23 +77,27 @@ Range = tuple[float, float]
 
 @dataclass(frozen=True)
 class StyleRanges:
-    """Uniform ranges from which each episode's demonstration style is drawn."""
+    """Uniform ranges from which each episode's demonstration style is drawn.
 
-    peak_speed_mm_s: Range = (90.0, 125.0)  # cruise speed of the long moves (safety allows 150 mm/s)
-    approach_height_mm: Range = (45.0, 85.0)  # pre-grasp height above the grasp pose
-    final_approach_speed_factor: Range = (0.5, 0.7)  # of the peak speed, for the last cm to the grasp
-    segment_speed_jitter: Range = (0.9, 1.1)  # per move, times the episode's peak speed
+    The defaults are narrow on purpose: a small policy trained on 150 demonstrations imitates one consistent
+    way of doing the task far better than a spread of speeds, heights and offsets (docs/recording.md).
+    """
+
+    peak_speed_mm_s: Range = (110.0, 110.0)  # cruise speed of the long moves (safety allows 150 mm/s)
+    approach_height_mm: Range = (60.0, 60.0)  # pre-grasp height above the grasp pose
+    final_approach_speed_factor: Range = (0.6, 0.6)  # of the peak speed, for the last cm to the grasp
+    segment_speed_jitter: Range = (1.0, 1.0)  # per move, times the episode's peak speed
     pause_s: Range = (0.1, 0.4)  # short holds before and after gripper actions
-    lift_margin_mm: Range = (5.0, 30.0)  # carry height above the release height
-    retreat_mm: Range = (40.0, 80.0)
-    grasp_offset_mm: float = 2.0  # +/- on x and y of the grasp point
-    grasp_yaw_offset_deg: float = 3.0
-    release_offset_mm: float = 10.0  # +/- on x and y of the release point above the box centre
-    # Corrections, as a human demonstrator makes them: with this probability a move first aims at a point off
-    # its target (uniform in a horizontal disc of the given radius), then corrects to the target.
-    detour_probability: float = 0.5
-    approach_detour_mm: float = 25.0
-    descent_detour_mm: float = 10.0
+    lift_margin_mm: Range = (15.0, 15.0)  # carry height above the release height
+    retreat_mm: Range = (60.0, 60.0)
+    grasp_offset_mm: float = 0.0  # +/- on x and y of the grasp point
+    grasp_yaw_offset_deg: float = 0.0
+    release_offset_mm: float = 0.0  # +/- on x and y of the release point above the box centre
+    # Coarse to fine, as a human demonstrator moves: the approach and the descent each aim at a point drawn
+    # uniformly in a horizontal disc of this radius around their target; the next move corrects the error.
+    # The demonstrations then show corrections from every nearby state, not one path per scene.
+    approach_error_mm: float = 20.0
+    descent_error_mm: float = 6.0
 
 
 @dataclass(frozen=True)
@@ -218,18 +224,17 @@ class _Planner:
         speed = self.style.peak_speed_mm_s * speed_factor * self.rng.uniform(*self.ranges.segment_speed_jitter)
         plan.waypoints.append(Waypoint(np.asarray(to, dtype=np.float64), gripper, label, float(speed)))
 
-    def detour(self, plan: Plan, to: np.ndarray, radius_mm: float, gripper: float, label: str,
-               speed_factor: float = 1.0) -> None:
-        """Sometimes (``detour_probability``) first move to a point beside ``to``; the next move corrects."""
-        if radius_mm <= 0 or self.rng.random() >= self.ranges.detour_probability:
-            return
-        angle, radius = self.rng.uniform(0.0, 2.0 * math.pi), radius_mm * math.sqrt(self.rng.random())
+    def beside(self, to: np.ndarray, radius_mm: float) -> np.ndarray:
+        """A point drawn uniformly in the horizontal disc of ``radius_mm`` around ``to``, kept reachable."""
         target = np.asarray(to, dtype=np.float64)
-        beside = target.copy()
-        beside[:2] += radius * np.array([math.cos(angle), math.sin(angle)])
+        if radius_mm <= 0:
+            return target
+        angle, radius = self.rng.uniform(0.0, 2.0 * math.pi), radius_mm * math.sqrt(self.rng.random())
+        point = target.copy()
+        point[:2] += radius * np.array([math.cos(angle), math.sin(angle)])
         if self.reach is not None and self.seed_joints_rad is not None:  # near the edge of the workspace
-            beside = reachable_towards(self.reach, target, beside, self.seed_joints_rad)
-        self.move(plan, beside, gripper, label, speed_factor)
+            point = reachable_towards(self.reach, target, point, self.seed_joints_rad)
+        return point
 
     def crawl(self, plan: Plan, to: np.ndarray, gripper: float, label: str) -> None:
         """The last few millimetres at a fixed crawl, with the gripper already acting."""
@@ -367,11 +372,10 @@ class ScriptedExpert:
             rise = measured.copy()
             rise[2] = max(rise[2], carry_z)
             planner.move(plan, rise, GRIPPER_OPEN, "rise")
-        planner.detour(plan, above, self.ranges.approach_detour_mm, GRIPPER_OPEN, "approach-detour")
-        planner.move(plan, above, GRIPPER_OPEN, "approach")
+        planner.move(plan, planner.beside(above, self.ranges.approach_error_mm), GRIPPER_OPEN, "approach")
         planner.pause(plan, GRIPPER_OPEN, "align")
-        planner.detour(plan, near, self.ranges.descent_detour_mm, GRIPPER_OPEN, "descent-detour", speed_factor=0.8)
-        planner.move(plan, near, GRIPPER_OPEN, "descend", speed_factor=0.8)
+        planner.move(plan, planner.beside(near, self.ranges.descent_error_mm), GRIPPER_OPEN, "descend",
+                     speed_factor=0.8)
         pre_grasp = grasp.copy()
         pre_grasp[2] += GRIP_ON_THE_WAY_MM
         planner.move(plan, pre_grasp, GRIPPER_OPEN, "final-approach", speed_factor=style.final_approach_speed_factor)

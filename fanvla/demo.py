@@ -47,6 +47,9 @@ class DemoPreset:
     lr: float = 1e-3
     lr_schedule: str = "cosine"
     warmup_steps: int = 100
+    # Random crops and colour jitter: off, since the twin's camera and lighting never change between
+    # demonstrations and trials, and the policy must read positions to the millimetre (README, the demo).
+    augment: bool = False
 
 
 PRESETS = {
@@ -188,6 +191,8 @@ class Demo:
                 "--lr", f"{preset.lr:g}", "--lr-schedule", preset.lr_schedule, "--warmup-steps",
                 str(preset.warmup_steps), "--seed", str(self.seed), "--threads", "1", "--val-every",
                 str(preset.val_every), "--frame-cache", str(self.out / "frame-cache"), "--no-progress", *extra]
+        if not preset.augment:
+            argv.append("--no-augment")
         if alpha is not None:
             argv += ["--alpha", f"{alpha:g}"]
         if out.exists():

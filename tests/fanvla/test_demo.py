@@ -60,7 +60,8 @@ def test_quick_demo_records_trains_and_scores_each_method(quick_demo):
         run = RunStore.read(out / f"eval-{method}")
         for task in TASKS:
             assert len(run.records(task)) == 2, f"{method} {task}"
-    assert json.loads((out / "train-fan-sft" / "final" / "fanvla.json").read_text())  # readable provenance
+    provenance = json.loads((out / "train-fan-sft" / "final" / "fanvla.json").read_text())
+    assert provenance["center_crop"] is False  # the presets train without augmentation (no crop to undo)
 
 
 def test_quick_demo_report_is_the_table_it_prints(quick_demo):
