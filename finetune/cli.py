@@ -23,11 +23,31 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "policy directory), OUT/checkpoints, OUT/metrics/*.csv, OUT/tensorboard.")
     _add_training_options(parser)
     parser.set_defaults(func=_train, finetune_action=None)
-    actions = parser.add_subparsers(dest="finetune_action", metavar="{plot}")
+    actions = parser.add_subparsers(dest="finetune_action", metavar="{plot,pretrain-vision}")
     plot = actions.add_parser("plot", help="draw loss, accuracy, L1 and FAN diagnostics of one or more runs")
     plot.add_argument("runs", nargs="+", metavar="RUN", help="run directories (the --out of fanvla finetune)")
     plot.add_argument("--out", dest="plot_out", required=True, help="output image, e.g. curves.png")
     plot.set_defaults(func=_plot)
+    pretrain = actions.add_parser(
+        "pretrain-vision", help="give a tiny model's vision towers spatial features (gripper, grasp and release "
+                                "positions) before finetuning; writes a new --init",
+        description="Train a tiny model's vision towers and projector to regress the gripper position, the "
+                    "episode's grasp and release points and the gripper state from single frames (labels from "
+                    "the recorded TCP pose and gripper command), then write the whole model to OUT, an "
+                    "initialisation for 'fanvla finetune --init OUT'. See docs/finetune.md.")
+    pretrain.add_argument("--data", dest="pre_data", nargs="+", required=True, metavar="STORE")
+    pretrain.add_argument("--init", dest="pre_init", required=True, metavar="MODEL_DIR")
+    pretrain.add_argument("--out", dest="pre_out", required=True, metavar="MODEL_DIR", help="new model directory")
+    pretrain.add_argument("--steps", dest="pre_steps", type=int, default=1500)
+    pretrain.add_argument("--batch-size", dest="pre_batch_size", type=int, default=64)
+    pretrain.add_argument("--lr", dest="pre_lr", type=float, default=1e-3)
+    pretrain.add_argument("--seed", dest="pre_seed", type=int, default=0)
+    pretrain.add_argument("--threads", dest="pre_threads", type=int, default=None, help="torch threads")
+    pretrain.add_argument("--max-episodes", dest="pre_max_episodes", type=int, default=None,
+                          help="only the first N episodes of the stores, in order (demonstration sweeps)")
+    pretrain.add_argument("--frame-cache", dest="pre_frame_cache", default=None, metavar="DIR",
+                          help="decoded frames, shared with 'fanvla finetune --frame-cache' (default: next to OUT)")
+    pretrain.set_defaults(func=_pretrain_vision)
 
 
 def _add_training_options(parser: argparse.ArgumentParser) -> None:
@@ -141,4 +161,22 @@ def _plot(args: argparse.Namespace) -> int:
     except FinetuneError as error:
         raise UserError(str(error)) from None
     print(path)
+    return 0
+
+
+def _pretrain_vision(args: argparse.Namespace) -> int:
+    from fanvla.cli import UserError
+    from finetune.config import FinetuneError
+    from finetune.vision_pretrain import PretrainConfig, pretrain_vision
+
+    config = PretrainConfig(data=tuple(args.pre_data), init=args.pre_init, out=args.pre_out, steps=args.pre_steps,
+                            batch_size=args.pre_batch_size, lr=args.pre_lr, seed=args.pre_seed,
+                            threads=args.pre_threads, frame_cache=args.pre_frame_cache,
+                            max_episodes=args.pre_max_episodes)
+    try:
+        errors = pretrain_vision(config)
+    except FinetuneError as error:
+        raise UserError(str(error)) from None
+    print(json.dumps({"model_dir": config.out, "val_mean_abs_error": {k: round(v, 3) for k, v in errors.items()}},
+                     indent=2))
     return 0
