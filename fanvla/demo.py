@@ -1,7 +1,8 @@
 """``fanvla demo``: the whole stack end to end in the twin, reproducing the shape of the paper's Table 3.
 
 1. record demonstrations with the scripted expert through the real recorder and Zarr store;
-2. finetune one tiny VLA initialisation twice, plain SFT and FAN-SFT, same data, same steps;
+2. create one tiny VLA initialisation, pretrain its vision towers on the recorded frames (``fanvla finetune
+   pretrain-vision``), and finetune it twice, plain SFT and FAN-SFT, same data, same steps;
 3. serve each checkpoint with the real policy server and run the four tasks through the real trial runner;
 4. write the Table-3-style report (successes, Wilson intervals, Fisher tests, chart) and print it.
 
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -50,11 +52,15 @@ class DemoPreset:
     # Random crops and colour jitter: off, since the twin's camera and lighting never change between
     # demonstrations and trials, and the policy must read positions to the millimetre (README, the demo).
     augment: bool = False
+    # `fanvla finetune pretrain-vision` steps before finetuning (0 = off): both methods then start from
+    # vision towers that already locate the gripper, the grasp and the release point (docs/finetune.md).
+    vision_pretrain_steps: int = 1500
 
 
 PRESETS = {
     "default": DemoPreset(episodes=150, steps=3000, batch_size=32, trials=30, val_every=500),
-    "quick": DemoPreset(episodes=6, steps=30, batch_size=8, trials=2, val_every=15, preset="test", warmup_steps=5),
+    "quick": DemoPreset(episodes=6, steps=30, batch_size=8, trials=2, val_every=15, preset="test", warmup_steps=5,
+                        vision_pretrain_steps=10),
 }
 
 
@@ -113,6 +119,11 @@ class Demo:
     def eval_dir(self, method: str) -> Path:
         return self.out / f"eval-{method}"
 
+    @property
+    def finetune_init(self) -> Path:
+        """The model both methods start from: the tiny initialisation, with pretrained vision towers if enabled."""
+        return self.out / ("init-vision" if self.preset.vision_pretrain_steps > 0 else "init")
+
     def log(self, name: str) -> Path:
         return self.out / "logs" / f"{name}.log"
 
@@ -155,15 +166,40 @@ class Demo:
         self._check_stores()
 
     def init_model(self) -> None:
+        """The tiny initialisation, then (if the preset says so) its vision-pretrained copy both methods start from."""
+        init = self.create_init()
+        if self.finetune_init != init:
+            self.pretrain_vision(self.stores, self.finetune_init)
+
+    def create_init(self) -> Path:
         init = self.out / "init"
         if (init / "config.json").exists():
             print(f"reusing the initial model {init}")
+        else:
+            instructions = self.out / "instructions.txt"
+            config = load_hardware_config(self.hardware)
+            instructions.write_text("\n".join(config.scene.instruction_for(name) for name in config.scene.objects)
+                                    + "\n")
+            Child("init", fanvla_argv("policy", "init-tiny", "--preset", self.preset.preset, "--seed", str(self.seed),
+                                      "--instructions", str(instructions), "--out", str(init)), self.log("init")).wait()
+        return init
+
+    def pretrain_vision(self, stores: list[Path], out: Path, max_episodes: int | None = None) -> None:
+        """``fanvla finetune pretrain-vision`` from the initial model into ``out`` (skipped when it exists)."""
+        if (out / "config.json").exists():
+            print(f"reusing the vision-pretrained model {out}")
             return
-        instructions = self.out / "instructions.txt"
-        config = load_hardware_config(self.hardware)
-        instructions.write_text("\n".join(config.scene.instruction_for(name) for name in config.scene.objects) + "\n")
-        Child("init", fanvla_argv("policy", "init-tiny", "--preset", self.preset.preset, "--seed", str(self.seed),
-                                  "--instructions", str(instructions), "--out", str(init)), self.log("init")).wait()
+        # Into a scratch folder renamed when complete, so an interrupted stage is simply redone.
+        partial = out.with_name(out.name + ".partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        limit = [] if max_episodes is None else ["--max-episodes", str(max_episodes)]
+        # Both cores: nothing else runs at this stage.
+        Child(f"pretrain-{out.name}", fanvla_argv(
+            "finetune", "pretrain-vision", "--data", *map(str, stores), "--init", str(self.out / "init"),
+            "--out", str(partial), "--steps", str(self.preset.vision_pretrain_steps), "--seed", str(self.seed),
+            "--threads", str(self.jobs), "--frame-cache", str(self.out / "frame-cache"), *limit),
+            self.log(f"pretrain-{out.name}")).wait()
+        partial.rename(out)
 
     def finetune(self) -> None:
         children = []
@@ -183,10 +219,10 @@ class Demo:
         return self.finetune_argv(self.stores, self.train_dir(method), method, alpha)
 
     def finetune_argv(self, stores: list[Path], out: Path, method: str, alpha: float | None,
-                      *extra: str) -> list[str]:
+                      *extra: str, init: Path | None = None) -> list[str]:
         """``fanvla finetune`` with this preset's optimisation settings (shared with ``fanvla sweep``)."""
         preset = self.preset
-        argv = ["finetune", "--data", *map(str, stores), "--init", str(self.out / "init"), "--out", str(out),
+        argv = ["finetune", "--data", *map(str, stores), "--init", str(init or self.finetune_init), "--out", str(out),
                 "--method", method, "--full", "--steps", str(preset.steps), "--batch-size", str(preset.batch_size),
                 "--lr", f"{preset.lr:g}", "--lr-schedule", preset.lr_schedule, "--warmup-steps",
                 str(preset.warmup_steps), "--seed", str(self.seed), "--threads", "1", "--val-every",

@@ -1,8 +1,9 @@
 """``fanvla sweep``: the paper's sensitivity analysis in the twin — FAN weight alpha x demonstration count.
 
 For every (demonstrations, alpha) cell: finetune the same tiny initialisation on the first N demonstrations
-(alpha = 0 is plain SFT), evaluate it on the chosen tasks, and finally plot success rate against alpha
-(one line per demonstration count, Wilson 95% whiskers) with a CSV and JSON of every number.
+(alpha = 0 is plain SFT; with the demo's vision pretraining, the towers are pretrained on those N demonstrations),
+evaluate it on the chosen tasks, and finally plot success rate against alpha (one line per demonstration count,
+Wilson 95% whiskers) with a CSV and JSON of every number.
 Demonstrations come from ``--data`` stores (e.g. a demo run's) or are recorded first. Re-running resumes.
 """
 
@@ -86,9 +87,10 @@ def _main(args: argparse.Namespace) -> int:
     if stores is None:
         demo.record()
         stores = demo.stores
-    demo.init_model()
+    demo.create_init()
     cells = [Cell(n, a) for n in args.episodes for a in args.alphas]
-    _train_cells(demo, cells, stores, args.jobs)
+    inits = _initialisations(demo, stores, args.episodes)
+    _train_cells(demo, cells, stores, inits, args.jobs)
     _evaluate_cells(demo, cells, args.tasks, trials, args.jobs)
     rows = _collect(demo, cells)
     _write_outputs(out, rows)
@@ -105,14 +107,27 @@ def _in_batches(children_argv: list[tuple[str, list[str], Path]], jobs: int) -> 
         run_all([Child(name, argv, log) for name, argv, log in children_argv[start:start + jobs]])
 
 
-def _train_cells(demo: Demo, cells: list[Cell], stores: list[Path], jobs: int) -> None:
+def _initialisations(demo: Demo, stores: list[Path], counts: list[int]) -> dict[int, Path]:
+    """The model each demonstration count's cells start from. With vision pretraining (the demo's default) it is
+    pretrained on that count's demonstrations only, so a smaller cell never sees the frames it was denied."""
+    if demo.preset.vision_pretrain_steps <= 0:
+        return dict.fromkeys(counts, demo.out / "init")
+    inits = {}
+    for count in sorted(set(counts)):
+        inits[count] = demo.out / f"init-vision-{count}"
+        demo.pretrain_vision(stores, inits[count], max_episodes=count)
+    return inits
+
+
+def _train_cells(demo: Demo, cells: list[Cell], stores: list[Path], inits: dict[int, Path], jobs: int) -> None:
     pending = []
     for cell in cells:
         out = _cell_dir(demo, cell, "train")
         if (out / "final" / "fanvla.json").is_file():
             continue
         method, alpha = ("fan-sft", cell.alpha) if cell.alpha > 0 else ("sft", None)
-        argv = demo.finetune_argv(stores, out, method, alpha, "--max-episodes", str(cell.episodes))
+        argv = demo.finetune_argv(stores, out, method, alpha, "--max-episodes", str(cell.episodes),
+                                  init=inits[cell.episodes])
         pending.append((f"train-{cell.name}", argv, demo.log(f"train-{cell.name}")))
     _in_batches(pending, jobs)
 

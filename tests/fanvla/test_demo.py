@@ -62,6 +62,11 @@ def test_quick_demo_records_trains_and_scores_each_method(quick_demo):
             assert len(run.records(task)) == 2, f"{method} {task}"
     provenance = json.loads((out / "train-fan-sft" / "final" / "fanvla.json").read_text())
     assert provenance["center_crop"] is False  # the presets train without augmentation (no crop to undo)
+    # Both methods start from the vision-pretrained copy of the tiny initialisation.
+    assert (out / "init-vision" / "config.json").is_file() and not (out / "init-vision.partial").exists()
+    for method in ("sft", "fan-sft"):
+        trained = json.loads((out / f"train-{method}" / "final" / "fanvla.json").read_text())
+        assert trained["training_config"]["init"] == str(out / "init-vision")
 
 
 def test_quick_demo_report_is_the_table_it_prints(quick_demo):
@@ -104,3 +109,5 @@ def test_quick_sweep_on_the_demo_stores_writes_every_cell(quick_demo, tmp_path):
     assert sorted((r["episodes"], r["alpha"]) for r in rows) == [(3, 0.0), (3, 0.05), (6, 0.0), (6, 0.05)]
     assert all(r["task"] == "task1" and r["trials"] == 1 and 0 <= r["ci_low"] <= r["ci_high"] <= 1 for r in rows)
     assert (sweep / "sweep.png").stat().st_size > 0 and (sweep / "sweep.csv").read_text().count("\n") == 5
+    # Each demonstration count pretrains the vision towers on its own demonstrations only.
+    assert all((sweep / f"init-vision-{n}" / "config.json").is_file() for n in (3, 6))
