@@ -29,11 +29,11 @@ from finetune.batches import SampleStream, evaluation_rows
 from finetune.config import FinetuneError
 from finetune.data import SampleTable, TrainingData, load_training_data
 from finetune.frames import crop_source_size, ensure_frame_file, frame_file, open_frame_file
+from robot.gripper import OPEN_THRESHOLD  # below it a gripper command or state is "closed"
 
 log = logging.getLogger(__name__)
 
 TCP_KEY, GRIPPER_COMMAND_KEY, GRIPPER_STATE_KEY = "tcp_pose", "command_gripper", "gripper_state"
-GRIP_THRESHOLD = 0.5  # gripper commands/states below this are "closed" (policy.action_space: 1 open, 0 closed)
 TARGET_NAMES = ("tcp_x_mm", "tcp_y_mm", "tcp_z_mm", "to_grasp_x_mm", "to_grasp_y_mm", "to_grasp_z_mm",
                 "to_release_x_mm", "to_release_y_mm", "to_release_z_mm", "gripper_closed")
 POOL_QUERIES = 4  # attention-pooling queries: one can follow the gripper while another finds the object
@@ -77,16 +77,16 @@ class GeometryHead(nn.Module):
 def episode_targets(tcp_pose: np.ndarray, gripper_command: np.ndarray, gripper_state: np.ndarray) -> np.ndarray | None:
     """(T, 10) targets of one episode, or None when it never closes and then reopens the gripper (no grasp and
     release to point at). TCP positions in mm, in the robot base frame."""
-    closing = np.flatnonzero(gripper_command < GRIP_THRESHOLD)
+    closing = np.flatnonzero(gripper_command < OPEN_THRESHOLD)
     if len(closing) == 0:
         return None
     grasp_t = int(closing[0])
-    opening = np.flatnonzero(gripper_command[grasp_t:] >= GRIP_THRESHOLD)
+    opening = np.flatnonzero(gripper_command[grasp_t:] >= OPEN_THRESHOLD)
     if len(opening) == 0:
         return None
     release_t = grasp_t + int(opening[0])
     xyz = tcp_pose[:, :3].astype(np.float64)
-    closed = (gripper_state < GRIP_THRESHOLD).astype(np.float64)[:, None]
+    closed = (gripper_state < OPEN_THRESHOLD).astype(np.float64)[:, None]
     return np.concatenate([xyz, xyz[grasp_t] - xyz, xyz[release_t] - xyz, closed], axis=1)
 
 
