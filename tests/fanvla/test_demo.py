@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -111,3 +112,6 @@ def test_quick_sweep_on_the_demo_stores_writes_every_cell(quick_demo, tmp_path):
     assert (sweep / "sweep.png").stat().st_size > 0 and (sweep / "sweep.csv").read_text().count("\n") == 5
     # Each demonstration count pretrains the vision towers on its own demonstrations only.
     assert all((sweep / f"init-vision-{n}" / "config.json").is_file() for n in (3, 6))
+    frames = [int(re.search(r"pretraining the vision towers on (\d+) frames",
+                            (sweep / "logs" / f"pretrain-init-vision-{n}.log").read_text()).group(1)) for n in (3, 6)]
+    assert 0 < frames[0] < frames[1]
