@@ -85,6 +85,8 @@ def _add_training_options(parser: argparse.ArgumentParser) -> None:
     mode = optim.add_mutually_exclusive_group()
     mode.add_argument("--lora-rank", type=int, default=DEFAULT_LORA_RANK, help="LoRA rank (default)")
     mode.add_argument("--full", action="store_true", help="full finetuning instead of LoRA (tiny models)")
+    optim.add_argument("--freeze-vision", action="store_true",
+                       help="keep --init's vision towers fixed (after pretrain-vision): the projector and LLM learn")
     optim.add_argument("--lora-alpha", type=float, default=None, help="default: min(rank, 16)")
     optim.add_argument("--lora-dropout", type=float, default=d.lora_dropout)
     optim.add_argument("--lora-targets", default=None,
@@ -120,8 +122,9 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         data=tuple(args.data), init=args.init, out=args.out, method=args.method, alpha=args.alpha,
         epsilon=args.epsilon, action_space=args.action_space, steps=args.steps, batch_size=args.batch_size,
         grad_accum=args.grad_accum, lr=args.lr, weight_decay=args.weight_decay, lr_schedule=args.lr_schedule,
-        warmup_steps=args.warmup_steps, max_grad_norm=args.max_grad_norm, full=args.full, lora_rank=args.lora_rank,
-        lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout, lora_targets=targets,
+        warmup_steps=args.warmup_steps, max_grad_norm=args.max_grad_norm, full=args.full,
+        freeze_vision=args.freeze_vision, lora_rank=args.lora_rank, lora_alpha=args.lora_alpha,
+        lora_dropout=args.lora_dropout, lora_targets=targets,
         val_fraction=args.val_fraction, val_every=args.val_every,
         val_max_samples=args.val_max_samples or None, save_every=args.save_every,
         keep_checkpoints=args.keep_checkpoints, seed=args.seed, unnorm_key=args.unnorm_key,

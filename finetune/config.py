@@ -8,6 +8,7 @@ arithmetic of training (data, model, loss, optimiser, batch layout, seed) and mu
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,16 @@ from typing import Any
 DEFAULT_LORA_RANK = 32
 UPSTREAM_LORA_ALPHA_CAP = 16  # upstream: lora_alpha = min(rank, 16)
 LR_SCHEDULES = ("constant", "cosine")
+
+
+def scheduled_lr(peak_lr: float, step: int, steps: int, warmup_steps: int, schedule: str = "cosine") -> float:
+    """lr for optimiser step ``step`` (0-based): linear warm-up over ``warmup_steps``, then constant or cosine
+    decay to 0 at ``steps``. The one schedule of both ``fanvla finetune`` and ``pretrain-vision``."""
+    warm = min(1.0, (step + 1) / warmup_steps) if warmup_steps else 1.0
+    if schedule == "cosine":
+        progress = min(max(step - warmup_steps, 0) / max(steps - warmup_steps, 1), 1.0)
+        return peak_lr * warm * 0.5 * (1.0 + math.cos(math.pi * progress))
+    return peak_lr * warm
 PRECISIONS = ("auto", "fp32", "bf16")
 
 # Fields that do not change the training arithmetic: they may differ between a run and its resumption.
@@ -51,6 +62,9 @@ class TrainConfig:
     warmup_steps: int = 0
     max_grad_norm: float = 1.0  # 0 disables clipping
     full: bool = False  # full finetuning (tiny models) instead of LoRA
+    # Keep the vision towers as --init has them (e.g. after `fanvla finetune pretrain-vision`): only the projector
+    # and the language model learn, and no gradient flows through the towers (faster steps).
+    freeze_vision: bool = False
     lora_rank: int = DEFAULT_LORA_RANK
     lora_alpha: float | None = None  # None: min(rank, 16) as upstream
     lora_dropout: float = 0.0

@@ -75,14 +75,19 @@ def check_model_fits(model: OpenVLA, data: TrainingData, init: str) -> None:
 
 
 def make_trainable(model: OpenVLA, config: TrainConfig) -> nn.Module:
-    """Full finetuning (every parameter) or peft LoRA on ``model.lora_target_modules()`` (every Linear but lm_head)."""
+    """Full finetuning (every parameter) or peft LoRA on ``model.lora_target_modules()`` (every Linear but lm_head);
+    with ``freeze_vision`` the vision towers take no part in either."""
     if config.full:
         for parameter in model.parameters():
             parameter.requires_grad_(True)
+        if config.freeze_vision:
+            model.vision_backbone.requires_grad_(False)
         return model
     from peft import LoraConfig, get_peft_model
 
     targets = list(config.lora_targets) if config.lora_targets else model.lora_target_modules()
+    if config.freeze_vision:
+        targets = [name for name in targets if not name.startswith("vision_backbone.")]
     lora = LoraConfig(r=config.lora_rank, lora_alpha=config.effective_lora_alpha, lora_dropout=config.lora_dropout,
                       target_modules=targets, init_lora_weights="gaussian")
     try:

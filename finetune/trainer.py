@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import math
 import os
 import shutil
 import time
@@ -34,7 +33,7 @@ from finetune.batches import (
     tokenize_actions,
     training_batches,
 )
-from finetune.config import FinetuneError, TrainConfig, TrainResult
+from finetune.config import FinetuneError, TrainConfig, TrainResult, scheduled_lr
 from finetune.data import TrainingData, default_unnorm_key, load_training_data
 from finetune.frames import crop_source_size, ensure_frame_file, frame_file, open_frame_file
 from finetune.metrics import MetricSums, MetricsWriter
@@ -76,13 +75,8 @@ def train(config: TrainConfig) -> TrainResult:
 
 
 def learning_rate(config: TrainConfig, step: int) -> float:
-    """lr for optimiser step ``step`` (0-based): linear warm-up, then constant or cosine to 0 at ``steps``."""
-    warm = min(1.0, (step + 1) / config.warmup_steps) if config.warmup_steps else 1.0
-    if config.lr_schedule == "cosine":
-        span = max(config.steps - config.warmup_steps, 1)
-        progress = min(max(step - config.warmup_steps, 0) / span, 1.0)
-        return config.lr * warm * 0.5 * (1.0 + math.cos(math.pi * progress))
-    return config.lr * warm
+    """lr for optimiser step ``step`` (0-based) under the run's --lr, --warmup-steps and --lr-schedule."""
+    return scheduled_lr(config.lr, step, config.steps, config.warmup_steps, config.lr_schedule)
 
 
 @dataclass

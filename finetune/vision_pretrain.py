@@ -15,7 +15,6 @@ to pass to ``fanvla finetune --init``, so SFT and FAN-SFT start from the same we
 from __future__ import annotations
 
 import logging
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +25,7 @@ from torch import nn
 
 from finetune.augment import center_windows, normalize_pixels, to_unit_float, training_pixels
 from finetune.batches import SampleStream, evaluation_rows
-from finetune.config import FinetuneError
+from finetune.config import FinetuneError, scheduled_lr
 from finetune.data import SampleTable, TrainingData, load_training_data
 from finetune.frames import crop_source_size, ensure_frame_file, frame_file, open_frame_file
 from robot.gripper import OPEN_THRESHOLD  # below it a gripper command or state is "closed"
@@ -136,12 +135,8 @@ class _Standardiser:
 
 
 def _lr_at(step: int, config: PretrainConfig) -> float:
-    """Linear warm-up (at most a tenth of the run), then cosine decay to zero."""
-    warmup = max(1, min(config.warmup_steps, config.steps // 10))
-    if step < warmup:
-        return config.lr * (step + 1) / warmup
-    progress = (step - warmup) / max(1, config.steps - warmup)
-    return config.lr * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+    """Warm-up (at most a tenth of the run, so short runs still decay), then cosine decay to zero."""
+    return scheduled_lr(config.lr, step, config.steps, max(1, min(config.warmup_steps, config.steps // 10)))
 
 
 def pretrain_vision(config: PretrainConfig) -> dict:

@@ -129,6 +129,24 @@ def test_lora_merges_into_the_final_weights_and_keeps_the_adapter(demo_store, ti
     assert document["finetuning"] == {"lora_rank": 4, "lora_alpha": 4.0, "merged": True, "adapter": "lora_adapter"}
 
 
+@pytest.mark.parametrize("full", [True, False])
+def test_freeze_vision_keeps_the_towers_and_trains_the_rest(full, demo_store, tiny_init, tmp_path):
+    changes = {"full": True} if full else {"full": False, "lora_rank": 4, "lr": 5e-3}
+    result = train(_config(demo_store, tiny_init, tmp_path / "run", steps=6, val_every=0, freeze_vision=True,
+                           **changes))
+    before = load_file(str(tiny_init / "model.safetensors"))
+    after = load_file(str(result.model_dir / "model.safetensors"))
+    towers = [name for name in before if name.startswith("vision_backbone.")]
+    rest = [name for name in before if not name.startswith("vision_backbone.")]
+    assert towers and all(torch.equal(before[name], after[name]) for name in towers)
+    changed = [name for name in rest if not torch.equal(before[name], after[name])]
+    assert any(name.startswith("projector.") for name in changed)
+    assert any(name.startswith("language_model.") for name in changed)
+    if not full:
+        adapter = json.loads((result.model_dir / "lora_adapter" / "adapter_config.json").read_text())
+        assert not any("vision_backbone" in name for name in adapter["target_modules"])
+
+
 def test_gradient_accumulation_equals_the_bigger_batch(demo_store, tiny_init, tmp_path):
     common = {"steps": 3, "val_every": 0, "method": "fan-sft"}
     big = train(_config(demo_store, tiny_init, tmp_path / "big", batch_size=8, **common))
