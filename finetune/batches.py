@@ -83,6 +83,9 @@ class SplitArrays:
     action_tokens: np.ndarray  # (N, 7) int64
     actions: np.ndarray  # (N, 7) float64 in action units
     instruction: np.ndarray  # (N,) int
+    # (N, patches, width) vision tower outputs computed once (frozen towers, no augmentation: finetune.features);
+    # batches then carry them as "patch_features" instead of "pixel_values".
+    features: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.action_tokens)
@@ -109,19 +112,26 @@ class BatchBuilder:
                                            self.split.action_tokens[row]) for row in rows]
         return collate_training_batch(examples, self.pad_token_id)
 
-    def _finish(self, rows: np.ndarray, pixel_values: torch.Tensor) -> dict[str, torch.Tensor]:
+    def _finish(self, rows: np.ndarray, pixel_values: torch.Tensor | None) -> dict[str, torch.Tensor]:
         batch = self._text(rows)
-        batch["pixel_values"] = pixel_values
+        if pixel_values is None:
+            batch["patch_features"] = torch.from_numpy(self.split.features[rows])
+        else:
+            batch["pixel_values"] = pixel_values
         batch["actions"] = torch.from_numpy(self.split.actions[rows].copy())
         return batch
 
     def training_batch(self, rows: np.ndarray, positions: np.ndarray, seed: int, augment: bool) -> dict:
+        if self.split.features is not None:
+            return self._finish(rows, None)
         frames = self.split.frames[rows]
         pixels = training_pixels(frames, positions, seed, self.image_size, self.settings, augment)
         return self._finish(rows, pixels)
 
     def evaluation_batch(self, rows: np.ndarray) -> dict:
         """No augmentation; frames as inference sees them (cached that way; a crop-size cache is centre-cut)."""
+        if self.split.features is not None:
+            return self._finish(rows, None)
         frames = self.split.frames[rows]
         if frames.shape[1] != self.image_size:
             frames = center_windows(frames, self.image_size)

@@ -15,7 +15,8 @@ from policy.action_space import ActionSpaceSpec
 from policy.normalization import ActionStats
 from policy.openvla import OpenVLA
 
-MODEL_INPUTS = ("input_ids", "attention_mask", "pixel_values")
+# The image comes as pixel_values, or as patch_features when the frozen towers' outputs were computed once.
+MODEL_INPUTS = ("input_ids", "attention_mask", "pixel_values", "patch_features")
 
 
 @dataclass
@@ -41,7 +42,7 @@ class LossStep:
         return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
 
     def __call__(self, module: nn.Module, batch: dict[str, torch.Tensor]) -> BatchResult:
-        inputs = {name: batch[name].to(self.device, non_blocking=True) for name in MODEL_INPUTS}
+        inputs = {name: batch[name].to(self.device, non_blocking=True) for name in MODEL_INPUTS if name in batch}
         with self.autocast():
             output = module(**inputs)
         logits = output.logits

@@ -35,6 +35,7 @@ from finetune.batches import (
 )
 from finetune.config import FinetuneError, TrainConfig, TrainResult, scheduled_lr
 from finetune.data import TrainingData, default_unnorm_key, load_training_data
+from finetune.features import compute_patch_features, fits_in_memory
 from finetune.frames import crop_source_size, ensure_frame_file, frame_file, open_frame_file
 from finetune.metrics import MetricSums, MetricsWriter
 from finetune.model_setup import (
@@ -153,14 +154,27 @@ class _Run:
         unnorm_key = config.unnorm_key or default_unnorm_key(config.data)
         size = model.image_settings.image_size
         train_frames, val_frames = self._frames(data, size)
+        cache_features = self._caches_features(model, size, len(train_frames) + len(val_frames))
         splits = []
         for table, frames in ((data.train, train_frames), (data.val, val_frames)):
             tokens = tokenize_actions(table.actions, data.stats, model.action_tokenizer)
-            splits.append(BatchBuilder(SplitArrays(frames, tokens, table.actions, table.instruction),
+            features = compute_patch_features(model, frames, size) if cache_features else None
+            splits.append(BatchBuilder(SplitArrays(frames, tokens, table.actions, table.instruction, features),
                                        data.instructions, model.tokenizer, model.pad_token_id, model.image_settings,
                                        size))
         return _Prepared(data, unnorm_key, splits[0], splits[1],
                          evaluation_rows(len(data.val), config.val_max_samples))
+
+    def _caches_features(self, model, size: int, num_frames: int) -> bool:
+        """Frozen towers and unaugmented frames: compute each frame's patch features once (finetune.features)."""
+        if not self.config.freeze_vision or self.config.augment:
+            return False
+        fits, size_bytes = fits_in_memory(model, size, num_frames)
+        if self.context.is_main:
+            log.info("frozen vision towers: %s (%.0f MB for %d frames)", "patch features computed once per frame"
+                     if fits else "too many features to keep in memory, the towers run at every step",
+                     size_bytes / 2**20, num_frames)
+        return fits
 
     # ----------------------------------------------------------------------------------------------- run
     def execute(self) -> TrainResult:

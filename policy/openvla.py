@@ -152,10 +152,17 @@ class OpenVLA(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 pixel_values: torch.Tensor | None = None, labels: torch.Tensor | None = None,
-                output_hidden_states: bool = False) -> OpenVLAOutput:
-        if pixel_values is None:
-            raise ValueError("OpenVLA needs pixel_values (B, 6, S, S) for every sequence")
-        patch_features, projected = self.image_embeddings(pixel_values)
+                output_hidden_states: bool = False, patch_features: torch.Tensor | None = None) -> OpenVLAOutput:
+        """``patch_features``: the vision towers' output (B, patches, width) computed earlier, instead of
+        ``pixel_values`` (finetuning with frozen towers reuses them; ``finetune.features``)."""
+        if (pixel_values is None) == (patch_features is None):
+            raise ValueError("OpenVLA needs either pixel_values (B, 6, S, S) or patch_features (B, patches, width) "
+                             "for every sequence, not both")
+        if patch_features is None:
+            patch_features, projected = self.image_embeddings(pixel_values)
+        else:
+            patch_features = patch_features.to(device=self.device, dtype=self.dtype)
+            projected = self.projector(patch_features)
         inputs = self.multimodal_inputs(input_ids, attention_mask, projected, labels)
         output = self.language_model(inputs_embeds=inputs.embeds, attention_mask=inputs.attention_mask,
                                      position_ids=inputs.position_ids, labels=inputs.labels, use_cache=False,

@@ -147,6 +147,46 @@ def test_freeze_vision_keeps_the_towers_and_trains_the_rest(full, demo_store, ti
         assert not any("vision_backbone" in name for name in adapter["target_modules"])
 
 
+def test_frozen_towers_features_computed_once_train_as_the_towers_would(demo_store, tiny_init, tmp_path, monkeypatch,
+                                                                        caplog):
+    import finetune.trainer
+
+    common = {"steps": 4, "val_every": 2, "method": "fan-sft", "freeze_vision": True, "augment": False}
+    with caplog.at_level("INFO", logger="finetune.trainer"):
+        cached = train(_config(demo_store, tiny_init, tmp_path / "cached", **common))
+    assert "patch features computed once per frame" in caplog.text
+    # A memory limit of 0 bytes: the same run with the frozen towers run at every step.
+    monkeypatch.setattr(finetune.trainer, "fits_in_memory", lambda *args: (False, 1))
+    caplog.clear()
+    with caplog.at_level("INFO", logger="finetune.trainer"):
+        live = train(_config(demo_store, tiny_init, tmp_path / "live", **common))
+    assert "the towers run at every step" in caplog.text
+    for curve_cached, curve_live in zip(_curves(tmp_path / "cached"), _curves(tmp_path / "live"), strict=True):
+        np.testing.assert_allclose(curve_cached["loss"], curve_live["loss"], rtol=1e-5)
+    one, two = (load_file(str(r.model_dir / "model.safetensors")) for r in (cached, live))
+    for name in one:
+        torch.testing.assert_close(one[name], two[name], atol=1e-5, rtol=1e-5, msg=name)
+
+
+def test_patch_features_given_to_the_model_equal_its_own_towers(tiny_init):
+    from finetune.features import compute_patch_features
+    from policy.openvla import OpenVLA
+
+    model = OpenVLA.from_pretrained(tiny_init)
+    size = model.image_settings.image_size
+    frames = np.random.default_rng(0).integers(0, 256, size=(3, size, size, 3), dtype=np.uint8)
+    features = compute_patch_features(model, frames, size, batch_size=2)
+    ids = torch.tensor([[1, 5, 6, 7]] * 3)
+    with torch.no_grad():
+        from finetune.augment import normalize_pixels, to_unit_float
+
+        expected = model(input_ids=ids, pixel_values=normalize_pixels(to_unit_float(frames), model.image_settings))
+        got = model(input_ids=ids, patch_features=torch.from_numpy(features))
+    torch.testing.assert_close(got.logits, expected.logits, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="either pixel_values"):
+        model(input_ids=ids)
+
+
 def test_gradient_accumulation_equals_the_bigger_batch(demo_store, tiny_init, tmp_path):
     common = {"steps": 3, "val_every": 0, "method": "fan-sft"}
     big = train(_config(demo_store, tiny_init, tmp_path / "big", batch_size=8, **common))
