@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from finetune.losses import LossOutput, action_token_ids_in_bin_order, align_labels_to_multimodal, compute_loss
+from finetune.losses import IGNORE_INDEX, LossOutput, action_token_ids_in_bin_order, compute_loss
 from finetune.metrics import MetricSums, batch_metrics, predicted_action_tokens
 from policy.action_space import ActionSpaceSpec
 from policy.normalization import ActionStats
@@ -43,16 +43,28 @@ class LossStep:
 
     def __call__(self, module: nn.Module, batch: dict[str, torch.Tensor]) -> BatchResult:
         inputs = {name: batch[name].to(self.device, non_blocking=True) for name in MODEL_INPUTS if name in batch}
+        keep = supervised_window(batch["labels"])
         with self.autocast():
-            output = module(**inputs)
+            output = module(**inputs, logits_to_keep=keep)
         logits = output.logits
-        labels = align_labels_to_multimodal(batch["labels"].to(self.device), output.projected_patch_embeddings.shape[1])
+        labels = batch["labels"].to(self.device)[:, -keep:]
         loss = compute_loss(self.method, logits, labels, self.action_ids, alpha=self.alpha, epsilon=self.epsilon)
         with torch.no_grad():
             predicted, targets = predicted_action_tokens(logits.detach(), labels, self.action_tokenizer)
             metrics = batch_metrics(loss, predicted, targets, batch["actions"], self.action_tokenizer, self.stats,
                                     self.spec)
         return BatchResult(loss=loss, metrics=metrics, samples=int(labels.shape[0]))
+
+
+def supervised_window(labels: torch.Tensor) -> int:
+    """How many positions at the end of the sequence the loss needs logits for: from the one before the first
+    supervised label (its logits predict it) to the end. The image patches sit after BOS, before every
+    supervised token, so this count is the same in the text and in the multimodal sequence; computing the
+    language model's head only there saves most of its cost (the prompt and 64+ patches need no logits)."""
+    supervised = (labels != IGNORE_INDEX).any(dim=0).nonzero()
+    if len(supervised) == 0:
+        return labels.shape[1]  # compute_loss explains the problem
+    return labels.shape[1] - int(supervised[0]) + 1
 
 
 @torch.no_grad()

@@ -152,9 +152,11 @@ class OpenVLA(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 pixel_values: torch.Tensor | None = None, labels: torch.Tensor | None = None,
-                output_hidden_states: bool = False, patch_features: torch.Tensor | None = None) -> OpenVLAOutput:
+                output_hidden_states: bool = False, patch_features: torch.Tensor | None = None,
+                logits_to_keep: int = 0) -> OpenVLAOutput:
         """``patch_features``: the vision towers' output (B, patches, width) computed earlier, instead of
-        ``pixel_values`` (finetuning with frozen towers reuses them; ``finetune.features``)."""
+        ``pixel_values`` (finetuning with frozen towers reuses them; ``finetune.features``).
+        ``logits_to_keep``: only the logits of the last N positions (0 = all), as transformers' models."""
         if (pixel_values is None) == (patch_features is None):
             raise ValueError("OpenVLA needs either pixel_values (B, 6, S, S) or patch_features (B, patches, width) "
                              "for every sequence, not both")
@@ -166,7 +168,7 @@ class OpenVLA(nn.Module):
         inputs = self.multimodal_inputs(input_ids, attention_mask, projected, labels)
         output = self.language_model(inputs_embeds=inputs.embeds, attention_mask=inputs.attention_mask,
                                      position_ids=inputs.position_ids, labels=inputs.labels, use_cache=False,
-                                     output_hidden_states=output_hidden_states)
+                                     output_hidden_states=output_hidden_states, logits_to_keep=logits_to_keep)
         return OpenVLAOutput(logits=output.logits, loss=output.loss, hidden_states=output.hidden_states,
                              patch_features=patch_features, projected_patch_embeddings=projected)
 

@@ -209,3 +209,42 @@ def test_bf16_autocast_without_a_validation_split_and_a_shared_frame_cache(demo_
     stamp = cached[0].stat().st_mtime_ns
     train(_config(demo_store, tiny_init, tmp_path / "again", steps=1, val_fraction=0.0, frame_cache=str(cache)))
     assert cached[0].stat().st_mtime_ns == stamp  # reused, not rebuilt
+
+
+@pytest.mark.parametrize("method", ["fan-sft", "sft", "label-smoothing"])
+def test_logits_only_where_supervised_give_the_full_sequence_loss_and_gradients(method, tiny_init):
+    """LossStep computes the head only over the end of the sequence; loss, metrics and gradients equal the
+    computation over every position (instructions of different lengths: right padding)."""
+    from finetune.losses import align_labels_to_multimodal, compute_loss
+    from finetune.steps import LossStep, supervised_window
+    from policy.action_space import SPECS, ActionSpace
+    from policy.openvla import OpenVLA
+    from policy.prompt import build_training_example, collate_training_batch
+    from policy.tiny import untrained_norm_stats
+
+    model = OpenVLA.from_pretrained(tiny_init)
+    rng = np.random.default_rng(0)
+    actions = rng.integers(0, 256, size=(3, 7))
+    tokens = model.action_tokenizer.vocab_end - 256 + actions
+    examples = [build_training_example(model.tokenizer, text, row)
+                for text, row in zip([*INSTRUCTIONS, INSTRUCTIONS[0]], tokens, strict=True)]
+    batch = collate_training_batch(examples, model.pad_token_id)
+    size = model.image_settings.image_size
+    batch["pixel_values"] = torch.from_numpy(rng.normal(size=(3, 6, size, size)).astype(np.float32))
+    batch["actions"] = torch.zeros(3, 7, dtype=torch.float64)
+    assert supervised_window(batch["labels"]) < batch["labels"].shape[1]
+    stats = untrained_norm_stats()["untrained"].action
+    step = LossStep(model, method, 0.05, 0.1, stats, SPECS[ActionSpace.EE_DELTA], torch.device("cpu"), False)
+    result = step(model, batch)
+    result.loss.total.backward()
+    windowed = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad()
+    output = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                   pixel_values=batch["pixel_values"])
+    labels = align_labels_to_multimodal(batch["labels"], output.projected_patch_embeddings.shape[1])
+    full = compute_loss(method, output.logits, labels, step.action_ids, alpha=0.05, epsilon=0.1)
+    full.total.backward()
+    torch.testing.assert_close(result.loss.total, full.total, atol=1e-6, rtol=1e-6)
+    for name, parameter in model.named_parameters():
+        if parameter.grad is not None:
+            torch.testing.assert_close(windowed[name], parameter.grad, atol=1e-6, rtol=1e-5, msg=name)
