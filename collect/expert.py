@@ -9,18 +9,19 @@ the twin's privileged state (not the camera), where the object and the box are, 
   reaches the grasp height once it is over the object; there it closes;
 - grip: rises at a crawl while the fingers close; if they hold the object it carries, else it reopens, rises
   and reaches again (at most ``max_grasp_attempts``);
-- carry: straight up to the carry height, then over the box and down a (shallow) funnel to the release pose;
+- carry: straight up to the release height (above the box walls), then level to the release pose over the box;
   there it opens;
-- release: holds still while the fingers open, then retreats up and back and raises ``Event.DONE``.
+- release: rises at a crawl while the fingers open, then retreats up and back and raises ``Event.DONE``.
 
 Why a field and not timed waypoints: a single-frame policy imitates what it can see. Here every decision
 (where to move, how fast, when to close, lift, open) is a function of the picture: the gripper relative to
 the object or the box, and whether the fingers are closed on the object. There are no hidden aim points or
 timers that make one picture mean different actions (the README's demo section lists what those cost),
 and no decision is followed by a move back to where the opposite decision was shown: the gripper closes
-on the way up (a closed gripper beside the object only ever rises) and opens holding still (rising would
-return to where the closed gripper came down over the box). Speeds fall with the remaining distance (gain, floor and cruise speed), with an acceleration limit
-from rest. A short hold at the start, the operator's reaction time, gives real no-op steps.
+on the way up (a closed gripper beside the object only ever rises) and opens on the way up from a level
+carry (nothing was carried above the release height). Speeds fall with the remaining distance (gain,
+floor and cruise speed), with an acceleration limit from rest. Short holds give real no-op steps: the
+operator's reaction time at the start, and the end.
 
 It is independent of the recorder: the evaluation uses it as the "scripted expert policy" baseline.
 """
@@ -95,7 +96,6 @@ class StyleRanges:
 
     peak_speed_mm_s: Range = (110.0, 110.0)  # cruise speed (safety allows 150 mm/s)
     approach_height_mm: Range = (60.0, 60.0)  # top of the funnel above the grasp pose
-    lift_margin_mm: Range = (15.0, 15.0)  # carry height above the release pose
     retreat_mm: Range = (60.0, 60.0)
     reaction_s: Range = (0.2, 0.6)  # a hold before the first move (no-op steps)
     grasp_offset_mm: float = 0.0  # +/- on x and y of the grasp point
@@ -109,7 +109,6 @@ class Style:
 
     peak_speed_mm_s: float
     approach_height_mm: float
-    lift_margin_mm: float
     retreat_mm: float
     reaction_s: float
     grasp_offset_mm: tuple[float, float]
@@ -120,7 +119,7 @@ class Style:
     def draw(cls, rng: np.random.Generator, ranges: StyleRanges) -> Style:
         g, r = ranges.grasp_offset_mm, ranges.release_offset_mm
         return cls(float(rng.uniform(*ranges.peak_speed_mm_s)), float(rng.uniform(*ranges.approach_height_mm)),
-                   float(rng.uniform(*ranges.lift_margin_mm)), float(rng.uniform(*ranges.retreat_mm)),
+                   float(rng.uniform(*ranges.retreat_mm)),
                    float(rng.uniform(*ranges.reaction_s)), (float(rng.uniform(-g, g)), float(rng.uniform(-g, g))),
                    math.radians(float(rng.uniform(-ranges.grasp_yaw_offset_deg, ranges.grasp_yaw_offset_deg))),
                    (float(rng.uniform(-r, r)), float(rng.uniform(-r, r))))
@@ -128,7 +127,7 @@ class Style:
     def to_dict(self) -> dict:
         return {"peak_speed_mm_s": round(self.peak_speed_mm_s, 2),
                 "approach_height_mm": round(self.approach_height_mm, 2),
-                "lift_margin_mm": round(self.lift_margin_mm, 2), "retreat_mm": round(self.retreat_mm, 2)}
+                "retreat_mm": round(self.retreat_mm, 2)}
 
 
 def step_towards(measured: np.ndarray, target: np.ndarray, max_speed_mm_s: float, previous_speed_mm_s: float,
@@ -215,7 +214,6 @@ class ScriptedExpert:
         self._phase_s = 0.0  # time spent in the current phase
         self._speed_mm_s = 0.0  # speed of the previous command (acceleration limit)
         self._best_mm, self._stalled = math.inf, 0
-        self._hold_pose: np.ndarray | None = None
         self._start_pose = np.zeros(6)
         self._joints = np.zeros(6)
 
@@ -274,22 +272,20 @@ class ScriptedExpert:
         goals = self._goals
         if self._at(measured, goals.release):
             return self._enter("release", measured)
-        far = float(np.linalg.norm(measured[:2] - goals.release[:2])) > CARRY_CLEARANCE_MM / FUNNEL_SLOPE + 10.0
+        far = float(np.linalg.norm(measured[:2] - goals.release[:2])) > CARRY_CLEARANCE_MM
         if far and measured[2] < goals.carry_z_mm - CARRY_CLEARANCE_MM:
             target = measured.copy()  # straight up first: the object clears the table and the box walls
             target[2] = goals.carry_z_mm
             target[3:] = goals.release[3:]
-        else:
-            target = funnel_target(measured, goals.release, goals.carry_z_mm - goals.release[2])
+        else:  # then level, at the release height, to above the box
+            target = goals.release
         return self._move(measured, target), GRIPPER_CLOSED, False
 
     def _release(self, measured: np.ndarray) -> tuple[np.ndarray, float, bool]:
-        """Open and hold still while the fingers open: rising here would bring the arm back to where it carried
-        the object down with the gripper closed, and the opening fingers still look like carrying fingers."""
+        """Open while rising at a crawl: above the release height nothing was ever carried, so every picture up
+        there means "open" (the carry arrives level, at that height)."""
         if self._phase_s < self.gripper_settle_s - 1e-9:
-            if self._hold_pose is None:
-                self._hold_pose = measured.copy()
-            return self._hold_pose, GRIPPER_OPEN, False
+            return self._crawl_up(measured), GRIPPER_OPEN, False
         return self._enter("retreat", measured)
 
     def _retreat(self, measured: np.ndarray) -> tuple[np.ndarray, float, bool]:
@@ -302,7 +298,7 @@ class ScriptedExpert:
     def _enter(self, phase: str, measured: np.ndarray) -> tuple[np.ndarray, float, bool]:
         """Switch phases and act in the new one this same tick (no idle tick between phases)."""
         self._phase, self._phase_s = phase, 0.0
-        self._best_mm, self._stalled, self._hold_pose = math.inf, 0, None
+        self._best_mm, self._stalled = math.inf, 0
         if phase in ("grip", "release"):
             self._speed_mm_s = 0.0
         return getattr(self, f"_{phase}")(measured)
@@ -359,16 +355,13 @@ class ScriptedExpert:
         shifted = centre.copy()
         shifted[:2] += style.release_offset_mm
         release = reachable_towards(self.reach, centre, shifted, self._joints)
-        carry = release.copy()
-        carry[2] += style.lift_margin_mm
-        # The carry height must be reachable above the box and above the grasp (far placements are near the
-        # wrist's reach).
+        # The carry goes level at the release height, if the arm reaches that high above the grasp (far placements
+        # are near the wrist's reach).
         lift = grasp.copy()
-        lift[2] = carry[2]
-        carry_z = min(float(reachable_towards(self.reach, release, carry, self._joints)[2]),
-                      float(reachable_towards(self.reach, grasp, lift, self._joints)[2]))
+        lift[2] = release[2]
+        carry_z = float(reachable_towards(self.reach, grasp, lift, self._joints)[2])
         retreat = release.copy()
         retreat[:2] += 0.3 * (self._start_pose[:2] - release[:2])  # up and back towards where the arm came from
         retreat[2] += style.retreat_mm
         retreat = reachable_towards(self.reach, release, retreat, self._joints)
-        self._goals = Goals(grasp, approach_top, release, max(carry_z, float(release[2])), retreat)
+        self._goals = Goals(grasp, approach_top, release, carry_z, retreat)
