@@ -34,7 +34,8 @@ log = logging.getLogger(__name__)
 
 TCP_KEY, GRIPPER_COMMAND_KEY, GRIPPER_STATE_KEY = "tcp_pose", "command_gripper", "gripper_state"
 TARGET_NAMES = ("tcp_x_mm", "tcp_y_mm", "tcp_z_mm", "to_grasp_x_mm", "to_grasp_y_mm", "to_grasp_z_mm",
-                "to_release_x_mm", "to_release_y_mm", "to_release_z_mm", "gripper_closed")
+                "to_release_x_mm", "to_release_y_mm", "to_release_z_mm", "to_object_x_mm", "to_object_y_mm",
+                "to_object_z_mm", "gripper_closed")
 POOL_QUERIES = 4  # attention-pooling queries: one can follow the gripper while another finds the object
 POOL_DIM = 32
 
@@ -74,8 +75,12 @@ class GeometryHead(nn.Module):
 
 
 def episode_targets(tcp_pose: np.ndarray, gripper_command: np.ndarray, gripper_state: np.ndarray) -> np.ndarray | None:
-    """(T, 10) targets of one episode, or None when it never closes and then reopens the gripper (no grasp and
-    release to point at). TCP positions in mm, in the robot base frame."""
+    """(T, 13) targets of one episode, or None when it never closes and then reopens the gripper (no grasp and
+    release to point at). TCP positions in mm, in the robot base frame.
+
+    ``to_object`` is where the object is relative to the TCP: at the grasp point until the grasp, in the hand
+    (zero) while the gripper holds it, at the release point after. Unlike the grasp offset, it tells a gripper
+    lifting the object from one coming down to it at the same place (the phase a single frame must show)."""
     closing = np.flatnonzero(gripper_command < OPEN_THRESHOLD)
     if len(closing) == 0:
         return None
@@ -85,8 +90,12 @@ def episode_targets(tcp_pose: np.ndarray, gripper_command: np.ndarray, gripper_s
         return None
     release_t = grasp_t + int(opening[0])
     xyz = tcp_pose[:, :3].astype(np.float64)
+    to_grasp, to_release = xyz[grasp_t] - xyz, xyz[release_t] - xyz
+    to_object = np.zeros_like(xyz)
+    to_object[:grasp_t] = to_grasp[:grasp_t]
+    to_object[release_t:] = to_release[release_t:]
     closed = (gripper_state < OPEN_THRESHOLD).astype(np.float64)[:, None]
-    return np.concatenate([xyz, xyz[grasp_t] - xyz, xyz[release_t] - xyz, closed], axis=1)
+    return np.concatenate([xyz, to_grasp, to_release, to_object, closed], axis=1)
 
 
 def frame_targets(data: TrainingData, table: SampleTable) -> tuple[np.ndarray, np.ndarray]:

@@ -151,7 +151,7 @@ def test_a_missed_grasp_is_retried_from_where_the_object_lies(robot, config, mon
 def test_funnel_target_rises_beside_the_goal_and_lands_on_it():
     goal = np.array([300.0, -120.0, 20.0, math.pi, 0.0, 0.0])
     far = funnel_target(np.array([300.0, 0.0, 150.0, math.pi, 0.0, 0.0]), goal, top_mm=60.0)
-    np.testing.assert_allclose(far, goal + [0, 0, 60.0, 0, 0, 0])  # far away: the funnel's top
+    np.testing.assert_allclose(far, goal + np.array([0, 0, 60.0, 0, 0, 0]))  # far away: the funnel's top
     low_beside = funnel_target(np.array([310.0, -120.0, 22.0, math.pi, 0.0, 0.0]), goal, top_mm=60.0)
     assert low_beside[2] == pytest.approx(20.0 + 2.0 * 10.0)  # 10 mm beside, too low: steer up while centring
     np.testing.assert_allclose(funnel_target(goal, goal, top_mm=60.0), goal)

@@ -31,7 +31,11 @@ def test_targets_point_at_the_first_close_and_the_following_reopen() -> None:
     np.testing.assert_allclose(targets[:, :3], tcp[:, :3])
     np.testing.assert_allclose(targets[:, 3:6], tcp[2, :3] - tcp[:, :3])  # grasp: step 2, the first close
     np.testing.assert_allclose(targets[:, 6:9], tcp[5, :3] - tcp[:, :3])  # release: step 5, not the later close
-    np.testing.assert_array_equal(targets[:, 9], state < 0.5)
+    # the object: at the grasp point before the grasp, in the hand while held, at the release point after
+    np.testing.assert_allclose(targets[:2, 9:12], targets[:2, 3:6])
+    np.testing.assert_array_equal(targets[2:5, 9:12], 0.0)
+    np.testing.assert_allclose(targets[5:, 9:12], targets[5:, 6:9])
+    np.testing.assert_array_equal(targets[:, 12], state < 0.5)
     assert targets[0, 3] == pytest.approx(20.0) and targets[5, 6] == 0.0
 
 
