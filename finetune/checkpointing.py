@@ -90,6 +90,15 @@ def read_state(path: Path) -> SavedState:
 
 def load_checkpoint(saved: SavedState, module: nn.Module, optimizer: torch.optim.Optimizer, rank: int) -> None:
     """Trainable weights, optimiser state and this rank's RNG state, in place."""
+    load_trainable(saved, module)
+    optimizer.load_state_dict(torch.load(saved.path / OPTIMIZER_FILE, weights_only=True, map_location="cpu"))
+    rng_path = saved.path / rng_file(rank)
+    if rng_path.is_file():
+        restore_rng(torch.load(rng_path, weights_only=True))
+
+
+def load_trainable(saved: SavedState, module: nn.Module) -> None:
+    """The checkpoint's trainable weights (LoRA adapter or every weight) into ``module``, in place."""
     tensors = load_file(str(saved.path / TRAINABLE_FILE))
     parameters = {name: p for name, p in module.named_parameters() if p.requires_grad}
     if set(tensors) != set(parameters):
@@ -99,7 +108,3 @@ def load_checkpoint(saved: SavedState, module: nn.Module, optimizer: torch.optim
     with torch.no_grad():
         for name, parameter in parameters.items():
             parameter.copy_(tensors[name].to(parameter.device, parameter.dtype))
-    optimizer.load_state_dict(torch.load(saved.path / OPTIMIZER_FILE, weights_only=True, map_location="cpu"))
-    rng_path = saved.path / rng_file(rank)
-    if rng_path.is_file():
-        restore_rng(torch.load(rng_path, weights_only=True))

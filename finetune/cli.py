@@ -10,7 +10,7 @@ import argparse
 import json
 import os
 
-from finetune.config import DEFAULT_LORA_RANK, LR_SCHEDULES, PRECISIONS, TrainConfig
+from finetune.config import DEFAULT_LORA_RANK, DTYPES, LR_SCHEDULES, PRECISIONS, TrainConfig
 
 DEFAULTS = TrainConfig(data=(), init="", out="")
 
@@ -23,7 +23,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "policy directory), OUT/checkpoints, OUT/metrics/*.csv, OUT/tensorboard.")
     _add_training_options(parser)
     parser.set_defaults(func=_train, finetune_action=None)
-    actions = parser.add_subparsers(dest="finetune_action", metavar="{plot,pretrain-vision}")
+    actions = parser.add_subparsers(dest="finetune_action", metavar="{plot,pretrain-vision,export}")
     plot = actions.add_parser("plot", help="draw loss, accuracy, L1 and FAN diagnostics of one or more runs")
     plot.add_argument("runs", nargs="+", metavar="RUN", help="run directories (the --out of fanvla finetune)")
     plot.add_argument("--out", dest="plot_out", required=True, help="output image, e.g. curves.png")
@@ -48,6 +48,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     pretrain.add_argument("--frame-cache", dest="pre_frame_cache", default=None, metavar="DIR",
                           help="decoded frames, shared with 'fanvla finetune --frame-cache' (default: next to OUT)")
     pretrain.set_defaults(func=_pretrain_vision)
+    export = actions.add_parser(
+        "export", help="write the policy directory of a run (after --no-export, or from an earlier checkpoint)",
+        description="Merge the LoRA adapter of a run's checkpoint into its --init and write the self-contained "
+                    "policy directory (sharded safetensors in the run's --dtype, statistics, tokenizer, fanvla.json), "
+                    "as a run does at its end. Default: the latest checkpoint, into RUN/final (the last step) or "
+                    "RUN/export-step-N.")
+    export.add_argument("run", metavar="RUN", help="the --out of a fanvla finetune run")
+    export.add_argument("--step", type=int, default=None, help="checkpoint step (default: the latest)")
+    export.add_argument("--out", dest="export_out", default=None, help="new directory (default: inside RUN)")
+    export.add_argument("--device", dest="export_device", default="auto", help="auto, cpu, cuda, cuda:N")
+    export.add_argument("--dtype", dest="export_dtype", default=None, choices=DTYPES,
+                        help="override the run's --dtype (e.g. auto to merge a GPU run on a CPU without bf16)")
+    export.set_defaults(func=_export)
 
 
 def _add_training_options(parser: argparse.ArgumentParser) -> None:
@@ -102,7 +115,17 @@ def _add_training_options(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--decode-threads", type=int, default=None, help="threads decoding frames (default: CPUs)")
     run.add_argument("--threads", type=int, default=None, help="torch threads (default: 1 on CPU)")
     run.add_argument("--device", default=d.device, help="auto, cpu, cuda, cuda:N")
-    run.add_argument("--precision", default=d.precision, choices=PRECISIONS)
+    run.add_argument("--precision", default=d.precision, choices=PRECISIONS,
+                     help="autocast; auto: bf16 on CUDA or when the weights compute in bf16, else none")
+    run.add_argument("--dtype", default=d.dtype, choices=DTYPES,
+                     help="dtype of --init's weights: auto = the checkpoint's own (bf16 for openvla-7b, float32 for "
+                          "tiny models); LoRA keeps the frozen base in it, full finetuning keeps float32 master "
+                          "weights and exports in it (docs/finetune.md)")
+    run.add_argument("--gradient-checkpointing", action="store_true",
+                     help="recompute activations in the backward pass (LLM layers, ViT blocks): far less memory, "
+                          "about a third more compute")
+    run.add_argument("--no-export", dest="export", action="store_false",
+                     help="do not write OUT/final at the end; later: fanvla finetune export OUT")
     run.add_argument("--frame-cache", default=None, metavar="DIR",
                      help="keep decoded frames here to reuse across runs (default: inside --out, removed at the end)")
     run.add_argument("--no-tensorboard", dest="tensorboard", action="store_false")
@@ -130,7 +153,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         keep_checkpoints=args.keep_checkpoints, seed=args.seed, unnorm_key=args.unnorm_key,
         skip_noops=args.skip_noops, max_episodes=args.max_episodes, augment=args.augment, workers=args.workers,
         decode_threads=args.decode_threads,
-        threads=args.threads, device=args.device, precision=args.precision, frame_cache=args.frame_cache,
+        threads=args.threads, device=args.device, precision=args.precision, dtype=args.dtype,
+        gradient_checkpointing=args.gradient_checkpointing, export=args.export, frame_cache=args.frame_cache,
         resume=args.resume, tensorboard=args.tensorboard, progress=args.progress)
 
 
@@ -145,7 +169,8 @@ def _train(args: argparse.Namespace) -> int:
         result = train(config)
     except FinetuneError as error:
         raise UserError(str(error)) from None
-    summary = {"model_dir": str(result.model_dir), "steps": result.steps, "wall_s": round(result.wall_s, 1),
+    summary = {"model_dir": str(result.model_dir) if result.model_dir else None, "steps": result.steps,
+               "wall_s": round(result.wall_s, 1),
                "weights": result.weights_fingerprint, "data": result.data_fingerprint,
                "train": {k: round(v, 5) for k, v in result.train_metrics.items() if k in ("loss", "ce", "accuracy")},
                "val": {k: round(v, 5) for k, v in result.val_metrics.items() if k in ("loss", "ce", "accuracy")}}
@@ -182,4 +207,18 @@ def _pretrain_vision(args: argparse.Namespace) -> int:
         raise UserError(str(error)) from None
     print(json.dumps({"model_dir": config.out, "val_mean_abs_error": {k: round(v, 3) for k, v in errors.items()}},
                      indent=2))
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from fanvla.cli import UserError
+    from finetune.config import FinetuneError
+    from finetune.export import export_run
+
+    try:
+        final = export_run(args.run, step=args.step, out=args.export_out, device=args.export_device,
+                           dtype=args.export_dtype)
+    except FinetuneError as error:
+        raise UserError(str(error)) from None
+    print(json.dumps({"model_dir": str(final)}, indent=2))
     return 0

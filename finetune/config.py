@@ -27,12 +27,14 @@ def scheduled_lr(peak_lr: float, step: int, steps: int, warmup_steps: int, sched
         return peak_lr * warm * 0.5 * (1.0 + math.cos(math.pi * progress))
     return peak_lr * warm
 PRECISIONS = ("auto", "fp32", "bf16")
+DTYPES = ("auto", "bf16", "fp32")  # policy.precision.DTYPE_CHOICES (not imported here: it needs torch)
 
 # Fields that do not change the training arithmetic: they may differ between a run and its resumption.
 # (batch_size may change with the number of processes; the trainer checks batch_size x processes is unchanged.)
 RESUME_COMPATIBLE = frozenset({
     "out", "batch_size", "steps", "resume", "val_every", "val_max_samples", "save_every", "keep_checkpoints", "workers",
     "threads", "device", "frame_cache", "tensorboard", "progress", "merge_lora", "decode_threads",
+    "gradient_checkpointing", "export",
 })
 
 
@@ -83,7 +85,13 @@ class TrainConfig:
     decode_threads: int | None = None  # threads decoding frames into the cache (None: CPU count)
     threads: int | None = None  # torch intra-op threads (None: 1 on CPU, see docs/finetune.md; torch's on GPU)
     device: str = "auto"
-    precision: str = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
+    precision: str = "auto"  # autocast: auto = bf16 on CUDA or when the weights compute in bf16, else none
+    # Weights of --init: auto = the checkpoint's own dtype (bf16 for openvla-7b, float32 for tiny models), see
+    # policy/precision.py. LoRA keeps the frozen base in it (adapters in float32); full finetuning keeps float32
+    # master weights whatever this says and exports in it.
+    dtype: str = "auto"
+    gradient_checkpointing: bool = False  # recompute activations in backward (LLM layers, ViT blocks)
+    export: bool = True  # write OUT/final at the end (else later: `fanvla finetune export OUT`)
     frame_cache: str | None = None  # directory to keep decoded frames between runs (None: inside out/, removed)
     resume: bool = False
     tensorboard: bool = True
@@ -147,6 +155,7 @@ class TrainConfig:
             "" if self.threads is None or self.threads >= 1 else f"--threads must be >= 1, got {self.threads}",
             "" if self.decode_threads is None or self.decode_threads >= 1 else "--decode-threads must be >= 1",
             "" if self.precision in PRECISIONS else f"--precision must be one of {PRECISIONS}, got {self.precision!r}",
+            "" if self.dtype in DTYPES else f"--dtype must be one of {DTYPES}, got {self.dtype!r}",
             "" if self.unnorm_key is None or self.unnorm_key.strip() else "--unnorm-key must not be empty",
             "" if self.max_episodes is None or self.max_episodes >= 1 else
             f"--max-episodes must be >= 1, got {self.max_episodes}",
@@ -192,7 +201,7 @@ class TrainResult:
     """What ``train`` returns (rank 0 has everything; other ranks get the same paths and step count)."""
 
     out_dir: Path
-    model_dir: Path  # the final, self-contained policy directory (loads with OpenVLA.from_pretrained)
+    model_dir: Path | None  # the final, self-contained policy directory (None when export was off)
     steps: int
     resumed_from_step: int
     wall_s: float

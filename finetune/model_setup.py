@@ -1,5 +1,6 @@
-"""The model side of a run: load the initial model, check it fits the data, make it trainable (LoRA or full),
-and export the final self-contained policy directory (merged weights, adapter, statistics, fanvla.json)."""
+"""The model side of a run: load the initial model in its precision (after a memory pre-flight), check it fits the
+data, make it trainable (LoRA or full, optional activation recomputation), and export the final self-contained
+policy directory (merged weights, adapter, statistics, fanvla.json)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from finetune.data import TrainingData
 from policy.action_space import ACTION_DIM
 from policy.model_info import FANVLA_FILE
 from policy.openvla import OpenVLA
+from policy.precision import Precision
 from policy.prompt import encode_prompt
 
 log = logging.getLogger(__name__)
@@ -37,16 +39,60 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     return device
 
 
-def load_initial_model(init: str | Path, device: torch.device) -> OpenVLA:
-    from policy.checkpoint import CheckpointError
+def training_precision(config: TrainConfig, device: torch.device) -> tuple[Precision, torch.dtype]:
+    """(how --init is held for training, the dtype the export is written in). LoRA keeps the frozen base in
+    --dtype (bf16 weights are computed in float32 on a device without bf16 arithmetic, policy.precision); full
+    finetuning keeps float32 master weights, because AdamW's small updates vanish when rounded to bf16's 8-bit
+    mantissa, and exports in --dtype."""
+    from policy.precision import PrecisionError, resolve_precision
 
-    path = Path(init)
+    try:
+        resolved = resolve_precision(config.dtype, config.init, device)
+    except PrecisionError as error:
+        raise FinetuneError(str(error)) from None
+    held = Precision(torch.float32, torch.float32) if config.full else resolved
+    return held, resolved.weights
+
+
+def training_reserve_bytes(config: TrainConfig, model: OpenVLA, text_tokens: int = 48) -> int:
+    """An estimate of the memory a run needs beside the frozen weights: trainable parameters with their gradients
+    and AdamW moments (16 bytes each in float32) and activations of one micro-batch (the input of every layer when
+    activations are recomputed, every layer's intermediates when not). ``model`` may be on the meta device."""
+    if config.full:
+        trainable = sum(p.numel() for p in model.parameters())
+    else:
+        modules = dict(model.named_modules())
+        targets = list(config.lora_targets) if config.lora_targets else model.lora_target_modules()
+        trainable = sum(config.lora_rank * (modules[name].in_features + modules[name].out_features)
+                        for name in targets if isinstance(modules.get(name), nn.Linear))
+    text = model.language_model.config.get_text_config()
+    sequence = model.vision_backbone.num_patches + text_tokens
+    tokens = config.batch_size * sequence
+    per_layer = tokens * (16 * text.hidden_size + 3 * text.intermediate_size) * 4
+    layers = text.num_hidden_layers
+    activations = tokens * text.hidden_size * 4 * layers + per_layer if config.gradient_checkpointing \
+        else per_layer * layers
+    return 16 * trainable + activations
+
+
+def load_initial_model(config: TrainConfig, device: torch.device, precision: Precision,
+                       for_training: bool = True) -> OpenVLA:
+    """--init in ``precision``; the memory pre-flight counts what training needs beside the weights
+    (``training_reserve_bytes``), or only the adapters when the model is loaded to export a finished run."""
+    from policy.checkpoint import CheckpointError
+    from policy.config import ConfigError, load_config
+
+    path = Path(config.init)
     if not path.is_dir():
         raise FinetuneError(f"--init {path}: not a directory; give a model directory (openvla-7b layout, or one made "
                             f"by `fanvla policy init-tiny`)")
     try:
-        return OpenVLA.from_pretrained(path, dtype=torch.float32, device=device)
-    except CheckpointError as error:
+        with torch.device("meta"):
+            skeleton = OpenVLA(load_config(path))
+        reserve = training_reserve_bytes(config, skeleton) if for_training \
+            else training_reserve_bytes(config.replace(batch_size=0), skeleton) // 4
+        return OpenVLA.from_pretrained(path, dtype=precision, device=device, reserve_bytes=reserve)
+    except (CheckpointError, ConfigError) as error:
         raise FinetuneError(f"--init {path}: {error}") from None
 
 
@@ -74,9 +120,17 @@ def check_model_fits(model: OpenVLA, data: TrainingData, init: str) -> None:
                                 f"produces <unk>); use plain ASCII or a model whose tokenizer knows the characters")
 
 
-def make_trainable(model: OpenVLA, config: TrainConfig) -> nn.Module:
+def make_trainable(model: OpenVLA, config: TrainConfig, precision: Precision) -> nn.Module:
     """Full finetuning (every parameter) or peft LoRA on ``model.lora_target_modules()`` (every Linear but lm_head);
-    with ``freeze_vision`` the vision towers take no part in either."""
+    with ``freeze_vision`` the vision towers take no part in either. LoRA adapters are float32 whatever the base's
+    dtype (peft's ``autocast_adapter_dtype``), as upstream trains them under bf16 autocast."""
+    if config.gradient_checkpointing or precision.upcast:
+        if not config.gradient_checkpointing:
+            # Upcast compute keeps a float32 copy of every frozen layer that autograd saves for the backward pass
+            # (the whole model in float32); recomputing each layer in backward holds one layer's copy at a time.
+            log.info("bf16 weights computed in float32: activations are recomputed in backward (as with "
+                     "--gradient-checkpointing) so that one layer's float32 copy is alive at a time")
+        model.gradient_checkpointing_enable()
     if config.full:
         for parameter in model.parameters():
             parameter.requires_grad_(True)
@@ -85,13 +139,15 @@ def make_trainable(model: OpenVLA, config: TrainConfig) -> nn.Module:
         return model
     from peft import LoraConfig, get_peft_model
 
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)
     targets = list(config.lora_targets) if config.lora_targets else model.lora_target_modules()
     if config.freeze_vision:
         targets = [name for name in targets if not name.startswith("vision_backbone.")]
     lora = LoraConfig(r=config.lora_rank, lora_alpha=config.effective_lora_alpha, lora_dropout=config.lora_dropout,
                       target_modules=targets, init_lora_weights="gaussian")
     try:
-        return get_peft_model(model, lora)
+        return get_peft_model(model, lora, autocast_adapter_dtype=True)
     except ValueError as error:
         raise FinetuneError(f"LoRA could not be attached ({error}); check --lora-targets against the model's Linear "
                             f"layers") from None
@@ -108,11 +164,13 @@ def describe_parameters(module: nn.Module) -> str:
 
 
 def export_final(module: nn.Module, config: TrainConfig, data: TrainingData, unnorm_key: str, final_dir: Path,
-                 record: dict[str, Any]) -> Path:
-    """Write the policy directory: merged weights + adapter (LoRA), statistics, tokenizer, fanvla.json (last).
+                 record: dict[str, Any], save_dtype: torch.dtype) -> Path:
+    """Write the policy directory: merged weights in ``save_dtype`` + adapter (LoRA), statistics, tokenizer,
+    fanvla.json (last).
 
     The directory is built under a temporary name and renamed into place, so ``final_dir`` is complete or absent.
-    Consumes ``module`` (LoRA is merged into the base weights).
+    Consumes ``module``: LoRA is merged into the base weights in place (peft adds each layer's B @ A to its weight,
+    one layer at a time), and the weights are written one tensor at a time, so no second copy of the model exists.
     """
     from policy.deployment import weights_fingerprint
 
@@ -125,7 +183,7 @@ def export_final(module: nn.Module, config: TrainConfig, data: TrainingData, unn
         module.save_pretrained(str(temp / ADAPTER_DIR), save_embedding_layers=False)
         model = module.merge_and_unload()
     model.norm_stats = {unnorm_key: data.dataset_statistics()}
-    model.save_pretrained(temp)
+    model.save_pretrained(temp, dtype=save_dtype)
     weights, method = weights_fingerprint(temp)
     document = {
         "format": FANVLA_FORMAT,

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from finetune import checkpointing, distributed
+from finetune import checkpointing, distributed, export
 from finetune.batches import (
     BatchBuilder,
     BatchLayout,
@@ -46,13 +46,15 @@ from finetune.model_setup import (
     make_trainable,
     resolve_device,
     trainable_parameters,
+    training_precision,
 )
 from finetune.steps import LossStep, evaluate
 
 log = logging.getLogger(__name__)
 
-FINAL_DIR = "final"
-RUN_CONFIG_FILE = "train_config.json"
+FINAL_DIR = export.FINAL_DIR
+RUN_CONFIG_FILE = export.RUN_CONFIG_FILE
+EXPORT_RECORD_FILE = export.EXPORT_RECORD_FILE  # what export_final records, kept for `fanvla finetune export`
 FRAME_CACHE_DIR = "frame_cache"
 DEFAULT_CPU_THREADS = 1  # measured: 2 threads made a demo-preset step 6-40x slower on a loaded 2-core machine
 
@@ -110,7 +112,10 @@ class _Run:
     def __init__(self, config: TrainConfig, context: distributed.DistContext, device: torch.device) -> None:
         self.config, self.context, self.device = config, context, device
         self.out = config.out_dir
-        self.bf16 = config.precision == "bf16" or (config.precision == "auto" and device.type == "cuda")
+        self.held, self.save_dtype = training_precision(config, device)
+        # Autocast: asked for, or by default wherever the weights compute in bf16 (CUDA, bf16-capable CPUs).
+        self.bf16 = config.precision == "bf16" or (config.precision == "auto" and (
+            device.type == "cuda" or self.held.compute == torch.bfloat16))
 
     # --------------------------------------------------------------------------------------- preparation
     def _saved_state(self) -> checkpointing.SavedState | None:
@@ -183,7 +188,7 @@ class _Run:
         saved = self._saved_state()
         data = load_training_data(config.data, config.action_space, config.val_fraction, config.skip_noops,
                                   config.max_episodes)
-        model = load_initial_model(config.init, self.device)
+        model = load_initial_model(config, self.device, self.held)
         check_model_fits(model, data, config.init)
         from policy.deployment import weights_fingerprint
 
@@ -195,7 +200,7 @@ class _Run:
             self._write_run_config(data)
         prepared = self._prepare(model, data)
         torch.manual_seed(config.seed)
-        module = make_trainable(model, config).to(self.device).train()
+        module = make_trainable(model, config, self.held).to(self.device).train()
         parameters = trainable_parameters(module)
         optimizer = torch.optim.AdamW(parameters.values(), lr=config.lr, weight_decay=config.weight_decay)
         start_step = 0
@@ -204,8 +209,9 @@ class _Run:
             start_step = saved.step
             log.info("resuming %s at step %d", saved.path, start_step)
         if self.context.is_main:
-            log.info("model: %s (%s), %s", config.init, "full finetuning" if config.full else
-                     f"LoRA rank {config.lora_rank} alpha {config.effective_lora_alpha:g}", describe_parameters(module))
+            log.info("model: %s (%s, %s%s), %s", config.init, "full finetuning" if config.full else
+                     f"LoRA rank {config.lora_rank} alpha {config.effective_lora_alpha:g}", self.held.describe(),
+                     ", bf16 autocast" if self.bf16 else "", describe_parameters(module))
         wrapped = self._wrap(module)
         step_fn = LossStep(model, config.method, config.alpha, config.epsilon, data.stats, data.spec, self.device,
                            self.bf16)
@@ -221,7 +227,8 @@ class _Run:
                 writer.close()
         self._check_ranks_in_sync(module)
         final = self._export(module, prepared, train_metrics, val_metrics, init_fingerprint, start_step)
-        return TrainResult(out_dir=self.out, model_dir=self.out / FINAL_DIR, steps=config.steps,
+        return TrainResult(out_dir=self.out, model_dir=self.out / FINAL_DIR if config.export else None,
+                           steps=config.steps,
                            resumed_from_step=start_step, wall_s=time.perf_counter() - started,
                            train_metrics=train_metrics, val_metrics=val_metrics,
                            data_fingerprint=data.fingerprint["sha256"], weights_fingerprint=final,
@@ -365,10 +372,16 @@ class _Run:
                       "ranks_in_sync": True if self.context.active else None,
                       "metrics": {"train": train_metrics, "val": val_metrics},
                       "init_fingerprint": init_fingerprint}
-            final = export_final(module.module if isinstance(module, nn.parallel.DistributedDataParallel) else module,
-                                 self.config, prepared.data, prepared.unnorm_key, self.out / FINAL_DIR, record)
-            fingerprint = json.loads((final / "fanvla.json").read_text())["fingerprints"]["weights"]
             if not self.config.frame_cache:
                 shutil.rmtree(self.out / FRAME_CACHE_DIR, ignore_errors=True)
-            log.info("final policy: %s (%s)", final, fingerprint)
+            if self.config.export:
+                final = export_final(module.module if isinstance(module, nn.parallel.DistributedDataParallel)
+                                     else module, self.config, prepared.data, prepared.unnorm_key,
+                                     self.out / FINAL_DIR, record, self.save_dtype)
+                fingerprint = json.loads((final / "fanvla.json").read_text())["fingerprints"]["weights"]
+                log.info("final policy: %s (%s)", final, fingerprint)
+            else:
+                (self.out / EXPORT_RECORD_FILE).write_text(json.dumps(record, indent=2, default=str))
+                log.info("no export (--no-export): the trained weights are in %s; write the policy directory "
+                         "with `fanvla finetune export %s`", checkpointing.CHECKPOINTS_DIR, self.out)
         return distributed.broadcast_object(self.context, fingerprint)

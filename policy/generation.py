@@ -67,46 +67,55 @@ def _choose(logits: torch.Tensor, temperature: float, generator: torch.Generator
 
 
 def _language_model_step(model: OpenVLA, cache, **inputs) -> torch.Tensor:
-    output = model.language_model(use_cache=True, logits_to_keep=1, **{cache_keyword(model.language_model): cache},
-                                  **inputs)
+    """Last-position logits; with a cache only the new positions are computed, without one the whole sequence."""
+    cached = {"use_cache": True, cache_keyword(model.language_model): cache} if cache is not None \
+        else {"use_cache": False}
+    output = model.language_model(logits_to_keep=1, **cached, **inputs)
     return output.logits[:, -1]
 
 
 @torch.no_grad()
 def decode_action_tokens(model: OpenVLA, prompt_ids: Sequence[Sequence[int]], pixel_values: torch.Tensor,
-                         n_tokens: int, temperature: float = 0.0,
-                         generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(token ids (B, n_tokens), raw logits of every step (B, n_tokens, vocab) float32), with a KV cache."""
+                         n_tokens: int, temperature: float = 0.0, generator: torch.Generator | None = None,
+                         use_cache: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """(token ids (B, n_tokens), raw logits of every step (B, n_tokens, vocab) float32). With ``use_cache`` (the
+    default) the prompt and image are computed once and each further token reuses their keys and values; without
+    it every step recomputes the whole sequence (the baseline ``bench/scale_7b.py`` compares against)."""
     if pixel_values.shape[0] != len(prompt_ids):
         raise ValueError(f"{pixel_values.shape[0]} images but {len(prompt_ids)} prompts")
     input_ids, attention_mask = left_pad(prompt_ids, model.pad_token_id)
     _, projected = model.image_embeddings(pixel_values)
     inputs = model.multimodal_inputs(input_ids, attention_mask, projected)
-    cache = new_cache(model.language_model)
-    mask, positions = inputs.attention_mask, inputs.position_ids[:, -1:]
-    logits = _language_model_step(model, cache, inputs_embeds=inputs.embeds, attention_mask=mask,
-                                  position_ids=inputs.position_ids)
+    cache = new_cache(model.language_model) if use_cache else None
+    embeds, mask, positions = inputs.embeds, inputs.attention_mask, inputs.position_ids
+    logits = _language_model_step(model, cache, inputs_embeds=embeds, attention_mask=mask, position_ids=positions)
     tokens, step_logits = [], []
     for step in range(n_tokens):
         step_logits.append(logits.float())
         tokens.append(_choose(logits, temperature, generator))
         if step == n_tokens - 1:
             break
+        new_embeds = model.get_input_embeddings()(tokens[-1][:, None]).to(embeds.dtype)
         mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
-        positions = positions + 1
-        logits = _language_model_step(model, cache, inputs_embeds=model.get_input_embeddings()(tokens[-1][:, None]),
-                                      attention_mask=mask, position_ids=positions)
+        new_positions = positions[:, -1:] + 1
+        if use_cache:
+            embeds, positions = new_embeds, new_positions
+        else:
+            embeds = torch.cat([embeds, new_embeds], dim=1)
+            positions = torch.cat([positions, new_positions], dim=1)
+        logits = _language_model_step(model, cache, inputs_embeds=embeds, attention_mask=mask, position_ids=positions)
     return torch.stack(tokens, dim=1), torch.stack(step_logits, dim=1)
 
 
 def predict_from_ids(model: OpenVLA, prompt_ids: Sequence[Sequence[int]], pixel_values: torch.Tensor,
                      unnorm_key: str | None = None, temperature: float = 0.0,
-                     generator: torch.Generator | None = None) -> ActionPrediction:
+                     generator: torch.Generator | None = None, use_cache: bool = True) -> ActionPrediction:
     if not model.norm_stats:
         raise ValueError("the model has no normalisation statistics: it cannot produce actions in real units")
     key = select_unnorm_key(model.norm_stats, unnorm_key)
     stats = model.norm_stats[key].action
-    tokens, step_logits = decode_action_tokens(model, prompt_ids, pixel_values, stats.dim, temperature, generator)
+    tokens, step_logits = decode_action_tokens(model, prompt_ids, pixel_values, stats.dim, temperature, generator,
+                                               use_cache)
     action_tokenizer = model.action_tokenizer
     action_ids = torch.as_tensor(action_tokenizer.action_token_ids, device=step_logits.device)
     full_probs = torch.softmax(step_logits, dim=-1)

@@ -90,20 +90,30 @@ class OpenVLA(nn.Module):
         self.image_settings = ImageSettings(image_size=config.image_size)
         self.norm_stats: dict[str, DatasetStatistics] = {}
         self.tokenizer = None
+        # The dtype activations flow in when it differs from the weights' (bf16 weights computed in float32 on a
+        # device without bf16 arithmetic, policy.precision); None = the weights' dtype.
+        self.compute_dtype: torch.dtype | None = None
+        self.source_dir: Path | None = None  # the directory it was loaded from (tokenizer files are copied from it)
 
     # ----------------------------------------------------------------------------------------------- loading
     @classmethod
-    def from_pretrained(cls, path: str | Path, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
-                        attn_implementation: str = DEFAULT_ATTN_IMPLEMENTATION) -> OpenVLA:
-        """Load an openvla-7b-style directory (safetensors only; see ``policy.checkpoint``)."""
+    def from_pretrained(cls, path: str | Path, dtype=torch.float32, device: str | torch.device = "cpu",
+                        attn_implementation: str = DEFAULT_ATTN_IMPLEMENTATION, reserve_bytes: int = 0) -> OpenVLA:
+        """Load an openvla-7b-style directory (safetensors only; ``dtype``: a torch dtype, a --dtype choice or a
+        ``policy.precision.Precision``; see ``policy.checkpoint.load_openvla``)."""
         from policy.checkpoint import load_openvla
 
-        return load_openvla(path, dtype=dtype, device=device, attn_implementation=attn_implementation)
+        return load_openvla(path, dtype=dtype, device=device, attn_implementation=attn_implementation,
+                            reserve_bytes=reserve_bytes)
 
-    def save_pretrained(self, path: str | Path, max_shard_bytes: int | None = None, overwrite: bool = False) -> Path:
-        from policy.checkpoint import save_openvla
+    def save_pretrained(self, path: str | Path, max_shard_bytes: int | None = None, overwrite: bool = False,
+                        dtype: torch.dtype | None = None) -> Path:
+        """Write the checkpoint directory; ``max_shard_bytes`` None = transformers' 5 GB shards; ``dtype`` None =
+        the weights' own dtype."""
+        from policy.checkpoint import DEFAULT_MAX_SHARD_BYTES, save_openvla
 
-        return save_openvla(self, path, max_shard_bytes=max_shard_bytes, overwrite=overwrite)
+        return save_openvla(self, path, max_shard_bytes=max_shard_bytes or DEFAULT_MAX_SHARD_BYTES,
+                            overwrite=overwrite, dtype=dtype)
 
     # ------------------------------------------------------------------------------------------------ basics
     @property
@@ -111,8 +121,20 @@ class OpenVLA(nn.Module):
         return self.projector.fc1.weight.dtype
 
     @property
+    def input_dtype(self) -> torch.dtype:
+        """The dtype inputs (pixels, patch features) are cast to: the compute dtype."""
+        return self.compute_dtype or self.dtype
+
+    @property
     def device(self) -> torch.device:
         return self.projector.fc1.weight.device
+
+    def gradient_checkpointing_enable(self) -> None:
+        """Recompute activations in the backward pass instead of keeping them: per decoder layer of the language
+        model (transformers' own mechanism, non-reentrant so frozen inputs under LoRA still get gradients) and per
+        block of both vision towers."""
+        self.language_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        self.vision_backbone.gradient_checkpointing = True
 
     @property
     def pad_token_id(self) -> int:
@@ -137,7 +159,7 @@ class OpenVLA(nn.Module):
     # ----------------------------------------------------------------------------------------------- forward
     def image_embeddings(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(patch features, projected patch embeddings) for pixel_values (B, 6, S, S)."""
-        patch_features = self.vision_backbone(pixel_values.to(device=self.device, dtype=self.dtype))
+        patch_features = self.vision_backbone(pixel_values.to(device=self.device, dtype=self.input_dtype))
         return patch_features, self.projector(patch_features)
 
     def multimodal_inputs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
@@ -163,7 +185,7 @@ class OpenVLA(nn.Module):
         if patch_features is None:
             patch_features, projected = self.image_embeddings(pixel_values)
         else:
-            patch_features = patch_features.to(device=self.device, dtype=self.dtype)
+            patch_features = patch_features.to(device=self.device, dtype=self.input_dtype)
             projected = self.projector(patch_features)
         inputs = self.multimodal_inputs(input_ids, attention_mask, projected, labels)
         output = self.language_model(inputs_embeds=inputs.embeds, attention_mask=inputs.attention_mask,
@@ -188,18 +210,19 @@ class OpenVLA(nn.Module):
 
     def predict_action(self, images: Sequence[np.ndarray] | np.ndarray, instructions: Sequence[str] | str,
                        unnorm_key: str | None = None, center_crop: bool = False, temperature: float = 0.0,
-                       generator: torch.Generator | None = None):
-        """Actions for B images and B instructions (greedy unless ``temperature`` > 0); see ``ActionPrediction``."""
+                       generator: torch.Generator | None = None, use_cache: bool = True):
+        """Actions for B images and B instructions (greedy unless ``temperature`` > 0); see ``ActionPrediction``.
+        ``use_cache=False`` recomputes the whole sequence for every action token (a benchmark baseline)."""
         pixel_values = self.preprocess(images, center_crop)
         prompt_ids = self.encode_instructions(instructions)
         if len(prompt_ids) != pixel_values.shape[0]:
             raise ValueError(f"{pixel_values.shape[0]} images but {len(prompt_ids)} instructions")
-        return self.predict_action_from_ids(prompt_ids, pixel_values, unnorm_key, temperature, generator)
+        return self.predict_action_from_ids(prompt_ids, pixel_values, unnorm_key, temperature, generator, use_cache)
 
     def predict_action_from_ids(self, prompt_ids: Sequence[Sequence[int]], pixel_values: torch.Tensor,
                                 unnorm_key: str | None = None, temperature: float = 0.0,
-                                generator: torch.Generator | None = None):
+                                generator: torch.Generator | None = None, use_cache: bool = True):
         """Like ``predict_action`` from ready prompt ids (BOS ... ``Out:`` ``▁``, as ``encode_prompt`` makes them)."""
         from policy.generation import predict_from_ids
 
-        return predict_from_ids(self, prompt_ids, pixel_values, unnorm_key, temperature, generator)
+        return predict_from_ids(self, prompt_ids, pixel_values, unnorm_key, temperature, generator, use_cache)

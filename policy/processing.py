@@ -34,7 +34,12 @@ SIGLIP_STD = (0.5, 0.5, 0.5)
 
 @dataclass(frozen=True)
 class ImageSettings:
-    """How images become ``pixel_values``: size and one (mean, std) pair per backbone."""
+    """How images become ``pixel_values``: size and one (mean, std) pair per backbone.
+
+    Read from preprocessor_config.json, the pairs are ``tvf_normalize_params`` when present, as upstream's
+    ``PrismaticImageProcessor`` uses them (its stored values override the ``means``/``stds`` it was built from;
+    openvla-7b's were computed under a bf16 default dtype, e.g. DINOv2 mean 0.484375 instead of 0.485), else
+    ``means``/``stds``."""
 
     image_size: int = 224
     means: tuple[tuple[float, float, float], ...] = (IMAGENET_MEAN, SIGLIP_MEAN)
@@ -53,6 +58,12 @@ class ImageSettings:
         if len(sizes) != 1 or len(next(iter(sizes))) != 3 or next(iter(sizes))[1] != next(iter(sizes))[2]:
             raise ValueError(f"{source}: input_sizes {data['input_sizes']} must be one square size [3, S, S]")
         means, stds = data["means"], data["stds"]
+        normalize = data.get("tvf_normalize_params")
+        if normalize:  # upstream's processor normalises with these stored values, not with means/stds
+            try:
+                means, stds = [entry["mean"] for entry in normalize], [entry["std"] for entry in normalize]
+            except (TypeError, KeyError):
+                raise ValueError(f"{source}: tvf_normalize_params must be a list of {{mean, std}} objects") from None
         if len(means) != 2 or len(stds) != 2:
             raise ValueError(f"{source}: expected means/stds for two backbones (fused DINOv2 + SigLIP)")
         return cls(image_size=int(next(iter(sizes))[1]), means=tuple(tuple(float(v) for v in m) for m in means),

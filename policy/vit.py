@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass, replace
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 LAYER_NORM_EPS = 1e-6
 
@@ -186,6 +187,7 @@ class VisionTransformer(nn.Module):
         self.norm = nn.LayerNorm(dim, eps=LAYER_NORM_EPS)
         if spec.attn_pool:
             self.attn_pool = AttentionPoolLatent(spec)
+        self.gradient_checkpointing = False  # recompute each block's activations in backward (training only)
 
     @property
     def feature_block_index(self) -> int:
@@ -209,8 +211,9 @@ class VisionTransformer(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         x = self._embed(images)
+        recompute = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
         for block in self.blocks[: self.feature_block_index + 1]:
-            x = block(x)
+            x = checkpoint(block, x, use_reentrant=False) if recompute else block(x)
         return x[:, self.spec.num_prefix_tokens :]
 
     def pooled(self, images: torch.Tensor) -> torch.Tensor:
@@ -234,6 +237,14 @@ class FusedVisionBackbone(nn.Module):
                              f"{fused_spec.num_patches} patches")
         self.featurizer = VisionTransformer(featurizer_spec)
         self.fused_featurizer = VisionTransformer(fused_spec)
+
+    @property
+    def gradient_checkpointing(self) -> bool:
+        return self.featurizer.gradient_checkpointing
+
+    @gradient_checkpointing.setter
+    def gradient_checkpointing(self, enabled: bool) -> None:
+        self.featurizer.gradient_checkpointing = self.fused_featurizer.gradient_checkpointing = enabled
 
     @property
     def num_patches(self) -> int:
