@@ -15,6 +15,7 @@ from typing import Any
 
 import yaml
 
+from policy.precision import DTYPE_CHOICES
 from robot.cli import add_config_argument
 
 
@@ -80,6 +81,8 @@ def _add_run(commands: argparse._SubParsersAction) -> None:
     run.add_argument("--device", default="cpu", help="torch device for a checkpoint folder (default cpu)")
     run.add_argument("--threads", type=int, default=None, help="torch intra-op threads for a checkpoint folder "
                                                                "(default: torch's choice; 1 suits tiny models)")
+    run.add_argument("--dtype", choices=DTYPE_CHOICES, default="auto",
+                     help="weights of a checkpoint folder: auto = the checkpoint's own (docs/policy.md)")
     run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                      help="hardware.yaml override for this run, e.g. --set camera.color.fps=30 (repeatable)")
     run.set_defaults(func=_run)
@@ -106,7 +109,7 @@ def _run(args: argparse.Namespace) -> int:
     options = RunOptions(args.backend, args.policy, tasks, args.trials, args.seed, Path(args.out),
                          console=args.console or args.backend == "real", console_port=args.console_port,
                          calibration=Path(args.calibration) if args.calibration else None, token_file=args.token_file,
-                         unnorm_key=args.unnorm_key, device=args.device, threads=args.threads,
+                         unnorm_key=args.unnorm_key, device=args.device, threads=args.threads, dtype=args.dtype,
                          overrides=parse_overrides(args.overrides))
 
     def on_trial(report) -> None:

@@ -41,6 +41,7 @@ class RunOptions:
     unnorm_key: str | None = None
     device: str = "cpu"
     threads: int | None = None  # torch intra-op threads for a checkpoint folder (None: torch's choice)
+    dtype: str = "auto"  # weights of a checkpoint folder (policy.precision)
     overrides: dict[str, Any] = field(default_factory=dict)  # hardware.yaml dotted-key overrides
 
 
@@ -61,7 +62,8 @@ def run_evaluation(config: HardwareConfig, options: RunOptions,
     config = evaluation_config(config, options.backend, options.overrides)
     with ExitStack() as stack:
         policy = open_policy(options.policy, options.backend, token_file=options.token_file,
-                             unnorm_key=options.unnorm_key, device=options.device, threads=options.threads)
+                             unnorm_key=options.unnorm_key, device=options.device, threads=options.threads,
+                             dtype=options.dtype)
         stack.callback(policy.close)
         identity = RunIdentity(policy.identity, options.backend, options.seed, options.trials)
         extra = {"software_version": __version__, "hardware": config_snapshot(config),

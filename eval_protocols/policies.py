@@ -116,7 +116,7 @@ def _random_agent(robot, seed: int) -> Agent:
 
 
 def open_policy(spec: str, backend: str, *, token_file: str | None = None, unnorm_key: str | None = None,
-                device: str = "cpu", threads: int | None = None) -> PolicyUnderTest:
+                device: str = "cpu", threads: int | None = None, dtype: str = "auto") -> PolicyUnderTest:
     """The ``--policy`` argument as a ``PolicyUnderTest`` (see the module docstring)."""
     if spec in BASELINES:
         if spec in SIM_ONLY_BASELINES and backend != "sim":
@@ -132,7 +132,7 @@ def open_policy(spec: str, backend: str, *, token_file: str | None = None, unnor
         return _remote(spec, token_file, unnorm_key)
     path = Path(spec)
     if path.is_dir():
-        return _local(path, unnorm_key, device, threads)
+        return _local(path, unnorm_key, device, threads, dtype)
     raise PolicyError(f"--policy {spec!r} is neither an http(s):// URL of a 'fanvla serve', an existing checkpoint "
                       f"directory, nor a baseline ({', '.join(BASELINES)})")
 
@@ -161,11 +161,11 @@ def _remote(url: str, token_file: str | None, unnorm_key: str | None) -> PolicyU
     return CheckpointUnderTest(policy, identity)
 
 
-def _local(path: Path, unnorm_key: str | None, device: str, threads: int | None) -> PolicyUnderTest:
+def _local(path: Path, unnorm_key: str | None, device: str, threads: int | None, dtype: str) -> PolicyUnderTest:
     from policy.agent import LocalPolicy
 
     try:
-        policy = LocalPolicy.load(path, unnorm_key=unnorm_key, device=device, threads=threads)
+        policy = LocalPolicy.load(path, unnorm_key=unnorm_key, device=device, threads=threads, dtype=dtype)
     except (OSError, ValueError) as error:
         raise PolicyError(f"cannot load the checkpoint {path}: {error}") from None
     deployment = policy.engine.deployment

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from policy.precision import DTYPE_CHOICES
+
 DEFAULT_LORA_RANK = 32
 UPSTREAM_LORA_ALPHA_CAP = 16  # upstream: lora_alpha = min(rank, 16)
 LR_SCHEDULES = ("constant", "cosine")
@@ -27,7 +29,7 @@ def scheduled_lr(peak_lr: float, step: int, steps: int, warmup_steps: int, sched
         return peak_lr * warm * 0.5 * (1.0 + math.cos(math.pi * progress))
     return peak_lr * warm
 PRECISIONS = ("auto", "fp32", "bf16")
-DTYPES = ("auto", "bf16", "fp32")  # policy.precision.DTYPE_CHOICES (not imported here: it needs torch)
+DTYPES = DTYPE_CHOICES
 
 # Fields that do not change the training arithmetic: they may differ between a run and its resumption.
 # (batch_size may change with the number of processes; the trainer checks batch_size x processes is unchanged.)

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import time
 from pathlib import Path
+
+from policy.precision import DTYPE_CHOICES
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -24,7 +27,25 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     predict.add_argument("--center-crop", action="store_true", help="0.9-area centre crop (models trained with "
                                                                      "crop augmentation)")
     predict.add_argument("--json", action="store_true")
+    predict.add_argument("--dtype", choices=DTYPE_CHOICES, default="auto",
+                         help="weights: auto = the checkpoint's own (docs/policy.md)")
+    predict.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda:0")
+    predict.add_argument("--no-kv-cache", dest="use_cache", action="store_false",
+                         help="recompute the whole sequence for every action token (a benchmark baseline)")
     predict.set_defaults(func=_predict)
+
+    random = commands.add_parser(
+        "init-random", help="write a random-weight model at full size (openvla-7b's geometry and layout)",
+        description="Write a model directory shaped exactly like the released openvla-7b (config, 3 bf16 shards, "
+                    "Llama-2 tokenizer, processor files) with random weights and placeholder statistics, tensor by "
+                    "tensor (memory stays at one tensor). For exercising the full-size path without a download.")
+    random.add_argument("--out", required=True, help="new (or empty) directory")
+    random.add_argument("--preset", default="openvla-7b", choices=("openvla-7b",))
+    random.add_argument("--dtype", choices=("bf16", "fp32"), default="bf16")
+    random.add_argument("--seed", type=int, default=0)
+    random.add_argument("--tokenizer", default=None, metavar="DIR",
+                        help="tokenizer files to copy (default: the Llama-2 tokenizer built by scripts/bootstrap.sh)")
+    random.set_defaults(func=_init_random)
 
     init = commands.add_parser("init-tiny", help="write a random-initialised tiny model (checkpoint format of "
                                                  "openvla-7b)")
@@ -44,7 +65,8 @@ def _user_errors():
     from policy.config import ConfigError
     from policy.normalization import StatisticsError
 
-    return UserError, (CheckpointError, ConfigError, StatisticsError, FileNotFoundError, FileExistsError, ValueError)
+    return UserError, (CheckpointError, ConfigError, StatisticsError, FileNotFoundError, FileExistsError, ValueError,
+                       OSError)
 
 
 def _info(args: argparse.Namespace) -> int:
@@ -81,6 +103,7 @@ def _info(args: argparse.Namespace) -> int:
 
 def _predict(args: argparse.Namespace) -> int:
     import numpy as np
+    import torch
     from PIL import Image
 
     from policy.openvla import OpenVLA
@@ -91,18 +114,26 @@ def _predict(args: argparse.Namespace) -> int:
         raise user_error(f"image {image_path} does not exist")
     try:
         image = np.asarray(Image.open(image_path).convert("RGB"))
-        model = OpenVLA.from_pretrained(args.model_dir)
-        prediction = model.predict_action([image], [args.instruction], unnorm_key=args.unnorm_key,
-                                          center_crop=args.center_crop)
+        started = time.perf_counter()
+        model = OpenVLA.from_pretrained(args.model_dir, dtype=args.dtype, device=args.device)
+        loaded = time.perf_counter()
+        with torch.inference_mode():
+            prediction = model.predict_action([image], [args.instruction], unnorm_key=args.unnorm_key,
+                                              center_crop=args.center_crop, use_cache=args.use_cache)
+        predicted = time.perf_counter()
     except known as error:
         raise user_error(str(error)) from None
+    timing = {"load_s": round(loaded - started, 3), "predict_s": round(predicted - loaded, 3),
+              "kv_cache": args.use_cache, "weights_dtype": str(model.dtype).removeprefix("torch."),
+              "compute_dtype": str(model.input_dtype).removeprefix("torch."), "device": str(model.device)}
     spread = prediction.spread()[0]
     top_prob = prediction.bin_probs[0].max(axis=-1)
     if args.json:
         print(json.dumps({"unnorm_key": prediction.unnorm_key, "action": prediction.actions[0].tolist(),
                           "spread": spread.tolist(), "token_ids": prediction.token_ids[0].tolist(),
                           "top_bin_prob": top_prob.tolist(),
-                          "action_token_mass": prediction.action_token_mass[0].tolist()}, indent=2))
+                          "action_token_mass": prediction.action_token_mass[0].tolist(), "timing": timing},
+                         indent=2))
         return 0
     print(f"instruction: {args.instruction!r}  statistics: '{prediction.unnorm_key}'")
     print(f"{'dim':>3} {'action':>12} {'spread (std)':>13} {'p(top bin)':>10} {'token':>7}")
@@ -110,6 +141,9 @@ def _predict(args: argparse.Namespace) -> int:
         print(f"{dim:>3} {prediction.actions[0, dim]:>12.6f} {spread[dim]:>13.6f} {top_prob[dim]:>10.3f} "
               f"{prediction.token_ids[0, dim]:>7d}")
     print(f"probability of an action token per step: min {prediction.action_token_mass[0].min():.3f}")
+    print(f"loaded in {timing['load_s']:.1f} s ({timing['weights_dtype']} weights, {timing['compute_dtype']} compute "
+          f"on {timing['device']}), predicted in {timing['predict_s']:.2f} s"
+          f"{'' if args.use_cache else ' without the KV cache'}")
     return 0
 
 
@@ -137,4 +171,28 @@ def _init_tiny(args: argparse.Namespace) -> int:
     except known as error:
         raise user_error(str(error)) from None
     print(f"wrote a random-initialised '{args.preset}' model to {out}")
+    return 0
+
+
+def _init_random(args: argparse.Namespace) -> int:
+    import torch
+
+    from policy.llama_tokenizer import default_tokenizer_dir
+    from policy.random_init import PRESETS, write_random_checkpoint
+
+    user_error, known = _user_errors()
+    tokenizer = Path(args.tokenizer) if args.tokenizer else default_tokenizer_dir()
+    if not (tokenizer / "tokenizer.json").is_file():
+        raise user_error(f"no Llama-2 tokenizer at {tokenizer} (tokenizer.json missing): run scripts/bootstrap.sh, "
+                         f"which builds it from the npm package llama-tokenizer-js, or pass --tokenizer DIR")
+    dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[args.dtype]
+    started = time.perf_counter()
+    try:
+        out = write_random_checkpoint(args.out, PRESETS[args.preset](), dtype, seed=args.seed, tokenizer_dir=tokenizer,
+                                      preset=args.preset)
+    except known as error:
+        raise user_error(str(error)) from None
+    size = sum(path.stat().st_size for path in out.glob("*.safetensors"))
+    print(f"wrote a random-initialised '{args.preset}' model ({args.dtype}, {size / 1e9:.2f} GB of weights) to {out} "
+          f"in {time.perf_counter() - started:.0f} s")
     return 0

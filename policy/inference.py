@@ -22,11 +22,11 @@ from fanvla import __version__
 from policy.action_space import ACTION_DIM
 from policy.deployment import DeploymentInfo, resolve_deployment
 from policy.openvla import OpenVLA
+from policy.precision import DTYPE_CHOICES
 from policy.protocol import PROTOCOL_VERSION
 
 log = logging.getLogger(__name__)
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 @dataclass(frozen=True)
@@ -53,20 +53,21 @@ class InferenceEngine:
 
     @classmethod
     def load(cls, model_dir: str | Path, *, action_space: str | None = None, unnorm_key: str | None = None,
-             center_crop: bool | None = None, device: str = "cpu", dtype: str = "float32",
+             center_crop: bool | None = None, device: str = "cpu", dtype: str = "auto",
              threads: int | None = None, warmup: bool = True) -> InferenceEngine:
-        if dtype not in DTYPES:
-            raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+        """``dtype``: a --dtype choice (auto = the checkpoint's own; policy.precision)."""
+        if dtype not in DTYPE_CHOICES:
+            raise ValueError(f"dtype must be one of {', '.join(DTYPE_CHOICES)}, got {dtype!r}")
         if threads is not None:
             torch.set_num_threads(threads)  # before loading: loading converts tensors with the same pool
-        model = OpenVLA.from_pretrained(model_dir, dtype=DTYPES[dtype], device=device)
+        model = OpenVLA.from_pretrained(model_dir, dtype=dtype, device=device)
         if model.tokenizer is None:
             raise ValueError(f"{model_dir} has no tokenizer files: a policy needs them to read instructions")
         dims = {key: entry.action.dim for key, entry in model.norm_stats.items()}
         deployment = resolve_deployment(model_dir, list(model.norm_stats), dims, action_space_name=action_space,
                                         unnorm_key=unnorm_key, center_crop=center_crop)
         log.info("loaded %s (%s, %s on %s); action space %s, statistics '%s'", deployment.checkpoint_id,
-                 deployment.fingerprint_method, dtype, device, deployment.action_space.name.value,
+                 deployment.fingerprint_method, _precision_text(model), device, deployment.action_space.name.value,
                  deployment.unnorm_key)
         engine = cls(model, deployment, threads)
         if warmup:
@@ -125,4 +126,10 @@ class InferenceEngine:
             "state_dim": deployment.state_dim,
             "device": str(model.device),
             "dtype": str(model.dtype).removeprefix("torch."),
+            "compute_dtype": str(model.input_dtype).removeprefix("torch."),
         }
+
+
+def _precision_text(model: OpenVLA) -> str:
+    weights, compute = (str(d).removeprefix("torch.") for d in (model.dtype, model.input_dtype))
+    return weights if weights == compute else f"{weights} weights, {compute} compute"

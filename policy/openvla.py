@@ -133,7 +133,7 @@ class OpenVLA(nn.Module):
         """Recompute activations in the backward pass instead of keeping them: per decoder layer of the language
         model (transformers' own mechanism, non-reentrant so frozen inputs under LoRA still get gradients) and per
         block of both vision towers."""
-        self.language_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        self.language_model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
         self.vision_backbone.gradient_checkpointing = True
 
     @property

@@ -25,15 +25,16 @@ import logging
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-from torch import nn
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
 log = logging.getLogger(__name__)
 
+# Importing this module does not import torch, so the command line can offer the choices cheaply.
 DTYPE_CHOICES = ("auto", "bf16", "fp32")
-DTYPE_BY_NAME = {"bf16": torch.bfloat16, "fp32": torch.float32}
-_CONFIG_NAMES = {"bfloat16": torch.bfloat16, "float32": torch.float32, "float16": torch.float16}
 
 
 class PrecisionError(ValueError):
@@ -61,6 +62,11 @@ class Precision:
 def checkpoint_dtype(model_dir: str | Path) -> torch.dtype:
     """The dtype a model directory was saved in: config.json ``torch_dtype``, else the most common floating dtype
     of its safetensors headers, else float32."""
+    import torch
+
+    from policy.safetensors_io import read_header
+
+    names = {"bfloat16": torch.bfloat16, "float32": torch.float32, "float16": torch.float16}
     model_dir = Path(model_dir)
     config_path = model_dir / "config.json"
     if config_path.is_file():
@@ -68,9 +74,8 @@ def checkpoint_dtype(model_dir: str | Path) -> torch.dtype:
             name = json.loads(config_path.read_text()).get("torch_dtype")
         except (OSError, ValueError):
             name = None
-        if name in _CONFIG_NAMES:
-            return _CONFIG_NAMES[name]
-    from policy.safetensors_io import read_header
+        if name in names:
+            return names[name]
 
     counts: Counter[torch.dtype] = Counter()
     for path in sorted(model_dir.glob("model*.safetensors")):
@@ -82,12 +87,16 @@ def checkpoint_dtype(model_dir: str | Path) -> torch.dtype:
 
 @functools.cache
 def _cpu_has_bf16() -> bool:
+    import torch
+
     # oneDNN's own test: AVX-512 (core) or better, which is what its bf16 kernels need.
     return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
 def native_bf16(device: torch.device) -> bool:
     """Whether ``device`` has bf16 arithmetic (not a scalar emulation)."""
+    import torch
+
     if device.type == "cuda":
         return torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False)
     if device.type == "cpu":
@@ -96,6 +105,8 @@ def native_bf16(device: torch.device) -> bool:
 
 
 def _device_description(device: torch.device) -> str:
+    import torch
+
     if device.type == "cuda" and torch.cuda.is_available():
         major, minor = torch.cuda.get_device_capability(device)
         return f"{torch.cuda.get_device_name(device)} (compute capability {major}.{minor})"
@@ -106,6 +117,8 @@ def _device_description(device: torch.device) -> str:
 
 def resolve_precision(choice: str, model_dir: str | Path, device: str | torch.device) -> Precision:
     """The precision a ``--dtype`` choice means for this checkpoint on this device (see the module docstring)."""
+    import torch
+
     if choice not in DTYPE_CHOICES:
         raise PrecisionError(f"--dtype must be one of {', '.join(DTYPE_CHOICES)}, got {choice!r}")
     device = torch.device(device)
@@ -129,6 +142,9 @@ _HOOKS_ATTRIBUTE = "_fanvla_upcast_hooks"
 
 
 def _upcast_parameters(module: nn.Module, _inputs) -> None:
+    import torch
+    from torch import nn
+
     stored = {}
     for name, parameter in module._parameters.items():
         if parameter is not None and parameter.dtype == torch.bfloat16:
@@ -148,6 +164,8 @@ def upcast_compute(model: nn.Module) -> int:
     own bf16 parameters and a forward hook puts the bf16 ones back. The copies take no gradient: bf16 weights are
     the frozen base (LoRA adapters are float32, full finetuning holds float32 weights, policy.precision). Returns
     the number of modules hooked; calling it again is a no-op."""
+    import torch
+
     hooked = 0
     for module in model.modules():
         if getattr(module, _HOOKS_ATTRIBUTE, None):

@@ -117,7 +117,7 @@ def _byte_view(tensor: torch.Tensor) -> memoryview:
 def read_tensor(handle, header: Header, name: str) -> torch.Tensor:
     """Read one tensor into fresh storage from an open binary ``handle`` of ``header.path``."""
     entry = header.entries[name]
-    tensor = torch.empty(entry.shape, dtype=entry.dtype)
+    tensor = torch.empty(entry.shape, dtype=entry.dtype, device="cpu")
     view = _byte_view(tensor)
     handle.seek(header.data_start + entry.begin)
     filled = 0

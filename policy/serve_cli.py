@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from policy.action_space import ActionSpace
+from policy.precision import DTYPE_CHOICES
 from policy.server_validation import RequestLimits
 
 READY_PREFIX = "fanvla serve: ready"  # first line on stdout once requests are accepted (scripts wait for it)
@@ -28,7 +29,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        help="torch intra-op threads (default: torch's choice; 1 is fastest for tiny models on "
                             "few shared cores)")
     serve.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda:0")
-    serve.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32")
+    serve.add_argument("--dtype", choices=DTYPE_CHOICES, default="auto",
+                       help="weights: auto = the checkpoint's own (bf16 for openvla-7b, float32 for tiny models); "
+                            "bf16 is refused on a device without bf16 arithmetic (docs/policy.md)")
     serve.add_argument("--action-space", default=None, choices=[space.value for space in ActionSpace],
                        help="action space when the checkpoint has no fanvla.json (default ee_delta)")
     serve.add_argument("--unnorm-key", default=None, help="statistics key (default: fanvla.json's, else the only one)")

@@ -10,8 +10,8 @@ from tests.conftest import REPO_ROOT
 
 def test_numpy_modules_do_not_import_torch_or_transformers():
     code = ("import sys; import policy, policy.action_tokenizer, policy.normalization, policy.prompt, "
-            "policy.processing; heavy = sorted(m for m in ('torch', 'transformers', 'tokenizers') if m in sys.modules);"
-            " print(heavy)")
+            "policy.processing, policy.precision; "
+            "heavy = sorted(m for m in ('torch', 'transformers', 'tokenizers') if m in sys.modules); print(heavy)")
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
