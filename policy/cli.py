@@ -37,6 +37,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                                            "tokenizer on (default: built-in tabletop phrases)")
     init.set_defaults(func=_init_tiny)
 
+    tokenizer = commands.add_parser("build-tokenizer", help="write openvla-7b's Llama-2 tokenizer files from the npm "
+                                                            "package llama-tokenizer-js (no hub access needed)")
+    tokenizer.add_argument("--npm-tarball", required=True, help="llama-tokenizer-js-1.2.2.tgz, from `npm pack "
+                                                                "llama-tokenizer-js@1.2.2`")
+    tokenizer.add_argument("--out", required=True, help="directory for the tokenizer files")
+    tokenizer.add_argument("--overwrite", action="store_true", help="replace tokenizer files already in --out")
+    tokenizer.set_defaults(func=_build_tokenizer)
+
 
 def _user_errors():
     from fanvla.cli import UserError
@@ -137,4 +145,16 @@ def _init_tiny(args: argparse.Namespace) -> int:
     except known as error:
         raise user_error(str(error)) from None
     print(f"wrote a random-initialised '{args.preset}' model to {out}")
+    return 0
+
+
+def _build_tokenizer(args: argparse.Namespace) -> int:
+    from policy.llama_tokenizer import build_llama2_tokenizer
+
+    user_error, known = _user_errors()
+    try:
+        out = build_llama2_tokenizer(args.npm_tarball, args.out, overwrite=args.overwrite)
+    except known as error:
+        raise user_error(str(error)) from None
+    print(f"wrote the Llama-2 tokenizer (32000 pieces, <PAD> = 32000) to {out}")
     return 0
