@@ -63,7 +63,11 @@ if ! tarball_ok; then
 fi
 tokenizer_stamp=.cache/llama2-tokenizer.built
 want="$TOKENIZER_SHA256 $(sha256sum policy/llama_tokenizer.py | cut -d' ' -f1)"
-if [ ! -f "$tokenizer_stamp" ] || [ "$(cat "$tokenizer_stamp")" != "$want" ] || [ ! -f "$TOKENIZER_DIR/tokenizer.json" ]; then
+built=1
+for file in tokenizer.json tokenizer_config.json special_tokens_map.json added_tokens.json; do
+  [ -f "$TOKENIZER_DIR/$file" ] || built=0
+done
+if [ "$built" = 0 ] || [ ! -f "$tokenizer_stamp" ] || [ "$(cat "$tokenizer_stamp")" != "$want" ]; then
   echo "bootstrap: building the Llama-2 tokenizer in $TOKENIZER_DIR"
   .venv/bin/python -m fanvla policy build-tokenizer --npm-tarball "$TOKENIZER_TARBALL" --out "$TOKENIZER_DIR" \
     --overwrite >/dev/null
