@@ -58,6 +58,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                                            "tokenizer on (default: built-in tabletop phrases)")
     init.set_defaults(func=_init_tiny)
 
+    tokenizer = commands.add_parser("build-tokenizer", help="write openvla-7b's Llama-2 tokenizer files from the npm "
+                                                            "package llama-tokenizer-js (no hub access needed)")
+    tokenizer.add_argument("--npm-tarball", required=True, help="llama-tokenizer-js-1.2.2.tgz, from `npm pack "
+                                                                "llama-tokenizer-js@1.2.2`")
+    tokenizer.add_argument("--out", required=True, help="directory for the tokenizer files")
+    tokenizer.add_argument("--overwrite", action="store_true", help="replace tokenizer files already in --out")
+    tokenizer.set_defaults(func=_build_tokenizer)
+
 
 def _user_errors():
     from fanvla.cli import UserError
@@ -177,14 +185,14 @@ def _init_tiny(args: argparse.Namespace) -> int:
 def _init_random(args: argparse.Namespace) -> int:
     import torch
 
-    from policy.llama_tokenizer import default_tokenizer_dir
+    from policy.llama_tokenizer import require_tokenizer_dir
     from policy.random_init import PRESETS, write_random_checkpoint
 
     user_error, known = _user_errors()
-    tokenizer = Path(args.tokenizer) if args.tokenizer else default_tokenizer_dir()
-    if not (tokenizer / "tokenizer.json").is_file():
-        raise user_error(f"no Llama-2 tokenizer at {tokenizer} (tokenizer.json missing): run scripts/bootstrap.sh, "
-                         f"which builds it from the npm package llama-tokenizer-js, or pass --tokenizer DIR")
+    try:
+        tokenizer = require_tokenizer_dir(args.tokenizer)
+    except FileNotFoundError as error:
+        raise user_error(str(error)) from None
     dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[args.dtype]
     started = time.perf_counter()
     try:
@@ -195,4 +203,16 @@ def _init_random(args: argparse.Namespace) -> int:
     size = sum(path.stat().st_size for path in out.glob("*.safetensors"))
     print(f"wrote a random-initialised '{args.preset}' model ({args.dtype}, {size / 1e9:.2f} GB of weights) to {out} "
           f"in {time.perf_counter() - started:.0f} s")
+    return 0
+
+
+def _build_tokenizer(args: argparse.Namespace) -> int:
+    from policy.llama_tokenizer import build_llama2_tokenizer
+
+    user_error, known = _user_errors()
+    try:
+        out = build_llama2_tokenizer(args.npm_tarball, args.out, overwrite=args.overwrite)
+    except known as error:
+        raise user_error(str(error)) from None
+    print(f"wrote the Llama-2 tokenizer (32000 pieces, <PAD> = 32000) to {out}")
     return 0
