@@ -3,7 +3,7 @@
 export MUJOCO_GL ?= egl
 export LP_NUM_THREADS ?= 1
 
-.PHONY: bootstrap demo test test-all lint bench
+.PHONY: bootstrap demo test test-all lint bench bench-7b
 
 bootstrap:
 	@bash scripts/bootstrap.sh
@@ -22,3 +22,7 @@ lint: bootstrap
 
 bench: bootstrap
 	.venv/bin/python bench/run_all.py
+
+# The full-size OpenVLA-7B path on random weights (slow, about an hour on 2 CPU cores; ~35 GB of disk in runs/).
+bench-7b: bootstrap
+	.venv/bin/python bench/run_all.py scale_7b

@@ -216,8 +216,8 @@ def _export(args: argparse.Namespace) -> int:
     from finetune.export import export_run
 
     try:
-        final = export_run(args.run, step=args.step, out=args.export_out, device=args.export_device,
-                           dtype=args.export_dtype)
+        final, _ = export_run(args.run, step=args.step, out=args.export_out, device=args.export_device,
+                              dtype=args.export_dtype)
     except FinetuneError as error:
         raise UserError(str(error)) from None
     print(json.dumps({"model_dir": str(final)}, indent=2))

@@ -26,6 +26,7 @@ from finetune.model_setup import (
     resolve_device,
     training_precision,
 )
+from policy.openvla import OpenVLA
 
 log = logging.getLogger(__name__)
 
@@ -68,9 +69,10 @@ def _out_dir(run_dir: Path, saved: checkpointing.SavedState, config: TrainConfig
 
 
 def export_run(run_dir: str | Path, step: int | None = None, out: str | None = None, device: str = "auto",
-               dtype: str | None = None) -> Path:
+               dtype: str | None = None) -> tuple[Path, OpenVLA]:
     """Write the policy directory of ``run_dir`` at ``step`` (default: its latest checkpoint); see the module
-    docstring. ``dtype`` overrides the run's --dtype (e.g. to merge a GPU run on a CPU without bf16)."""
+    docstring. ``dtype`` overrides the run's --dtype (e.g. to merge a GPU run on a CPU without bf16). Returns the
+    directory and the merged model."""
     run_dir = Path(run_dir)
     config = _run_config(run_dir).replace(device=device, **({"dtype": dtype} if dtype else {}))
     config.check()
@@ -97,7 +99,7 @@ def export_run(run_dir: str | Path, step: int | None = None, out: str | None = N
     record = json.loads(record_path.read_text()) if record_path.is_file() else {"steps": config.steps}
     record.update(init_fingerprint=init_fingerprint, exported_from_step=saved.step)
     with torch.no_grad():
-        final = export_final(module, config, data, config.unnorm_key or default_unnorm_key(config.data), target,
-                             record, save_dtype)
+        final, merged = export_final(module, config, data, config.unnorm_key or default_unnorm_key(config.data),
+                                     target, record, save_dtype)
     log.info("exported %s (step %d) to %s", run_dir, saved.step, final)
-    return final
+    return final, merged

@@ -164,13 +164,14 @@ def describe_parameters(module: nn.Module) -> str:
 
 
 def export_final(module: nn.Module, config: TrainConfig, data: TrainingData, unnorm_key: str, final_dir: Path,
-                 record: dict[str, Any], save_dtype: torch.dtype) -> Path:
+                 record: dict[str, Any], save_dtype: torch.dtype) -> tuple[Path, OpenVLA]:
     """Write the policy directory: merged weights in ``save_dtype`` + adapter (LoRA), statistics, tokenizer,
     fanvla.json (last).
 
-    The directory is built under a temporary name and renamed into place, so ``final_dir`` is complete or absent.
-    Consumes ``module``: LoRA is merged into the base weights in place (peft adds each layer's B @ A to its weight,
-    one layer at a time), and the weights are written one tensor at a time, so no second copy of the model exists.
+    Returns the directory and the merged model. The directory is built under a temporary name and renamed into
+    place, so ``final_dir`` is complete or absent. Consumes ``module``: LoRA is merged into the base weights in
+    place (peft adds each layer's B @ A to its weight, one layer at a time), and the weights are written one tensor
+    at a time, so no second copy of the model exists.
     """
     from policy.deployment import weights_fingerprint
 
@@ -207,7 +208,7 @@ def export_final(module: nn.Module, config: TrainConfig, data: TrainingData, unn
     if final_dir.exists():
         shutil.rmtree(final_dir)
     temp.rename(final_dir)
-    return final_dir
+    return final_dir, model
 
 
 def _json_default(value: Any) -> Any:

@@ -320,6 +320,8 @@ class _Run:
         samples = config.batch_size * config.grad_accum * self.context.world_size
         metrics.update(grad_norm=float(grad_norm), **timing,
                        samples_per_s=samples / max(timing["data_wait_s"] + timing["compute_s"], 1e-9))
+        if self.device.type == "cuda":  # the run's high-water mark so far (bench/scale_7b.py reads it)
+            metrics["cuda_peak_mem_gib"] = torch.cuda.max_memory_allocated(self.device) / 2**30
         return metrics
 
     def _reduce(self, sums: MetricSums) -> dict:
@@ -375,7 +377,7 @@ class _Run:
             if not self.config.frame_cache:
                 shutil.rmtree(self.out / FRAME_CACHE_DIR, ignore_errors=True)
             if self.config.export:
-                final = export_final(module.module if isinstance(module, nn.parallel.DistributedDataParallel)
+                final, _ = export_final(module.module if isinstance(module, nn.parallel.DistributedDataParallel)
                                      else module, self.config, prepared.data, prepared.unnorm_key,
                                      self.out / FINAL_DIR, record, self.save_dtype)
                 fingerprint = json.loads((final / "fanvla.json").read_text())["fingerprints"]["weights"]

@@ -32,6 +32,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     predict.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda:0")
     predict.add_argument("--no-kv-cache", dest="use_cache", action="store_false",
                          help="recompute the whole sequence for every action token (a benchmark baseline)")
+    predict.add_argument("--repeat", type=int, default=1,
+                         help="predict N times and report each call's time (the first includes warm-up)")
     predict.set_defaults(func=_predict)
 
     random = commands.add_parser(
@@ -122,16 +124,21 @@ def _predict(args: argparse.Namespace) -> int:
         raise user_error(f"image {image_path} does not exist")
     try:
         image = np.asarray(Image.open(image_path).convert("RGB"))
+        if args.repeat < 1:
+            raise ValueError(f"--repeat must be >= 1, got {args.repeat}")
         started = time.perf_counter()
         model = OpenVLA.from_pretrained(args.model_dir, dtype=args.dtype, device=args.device)
         loaded = time.perf_counter()
-        with torch.inference_mode():
-            prediction = model.predict_action([image], [args.instruction], unnorm_key=args.unnorm_key,
-                                              center_crop=args.center_crop, use_cache=args.use_cache)
-        predicted = time.perf_counter()
+        calls_s = []
+        for _ in range(args.repeat):
+            call_started = time.perf_counter()
+            with torch.inference_mode():
+                prediction = model.predict_action([image], [args.instruction], unnorm_key=args.unnorm_key,
+                                                  center_crop=args.center_crop, use_cache=args.use_cache)
+            calls_s.append(round(time.perf_counter() - call_started, 4))
     except known as error:
         raise user_error(str(error)) from None
-    timing = {"load_s": round(loaded - started, 3), "predict_s": round(predicted - loaded, 3),
+    timing = {"load_s": round(loaded - started, 3), "predict_s": calls_s[-1], "calls_s": calls_s,
               "kv_cache": args.use_cache, "weights_dtype": str(model.dtype).removeprefix("torch."),
               "compute_dtype": str(model.input_dtype).removeprefix("torch."), "device": str(model.device)}
     spread = prediction.spread()[0]
@@ -150,7 +157,7 @@ def _predict(args: argparse.Namespace) -> int:
               f"{prediction.token_ids[0, dim]:>7d}")
     print(f"probability of an action token per step: min {prediction.action_token_mass[0].min():.3f}")
     print(f"loaded in {timing['load_s']:.1f} s ({timing['weights_dtype']} weights, {timing['compute_dtype']} compute "
-          f"on {timing['device']}), predicted in {timing['predict_s']:.2f} s"
+          f"on {timing['device']}), predicted in {', '.join(f'{s:.2f}' for s in calls_s)} s"
           f"{'' if args.use_cache else ' without the KV cache'}")
     return 0
 

@@ -111,7 +111,8 @@ def test_no_export_then_export_equals_the_run_that_exported(demo_store, tiny_ini
     deferred = train(_config(demo_store, tiny_init, tmp_path / "b", export=False))
     assert deferred.model_dir is None and not (tmp_path / "b" / "final").exists()
     assert (tmp_path / "b" / "export_record.json").is_file()
-    final = export_run(tmp_path / "b", device="cpu")
+    final, merged = export_run(tmp_path / "b", device="cpu")
+    assert isinstance(merged, OpenVLA)
     assert final == tmp_path / "b" / "final"
     one, two = (load_file(str(path / "model.safetensors")) for path in (exported.model_dir, final))
     for name in one:
