@@ -154,3 +154,13 @@ def test_memory_preflight_counts_what_training_needs(demo_store, tiny_init, tmp_
     monkeypatch.setattr(memory, "available_bytes", lambda device: (2_000_000, "host memory (test)"))
     with pytest.raises(FinetuneError, match=r"needs about .* for the rest of the run.* are free on host memory"):
         train(config)
+
+
+def test_export_command_line(demo_store, tiny_init, tmp_path, capsys):
+    from fanvla.cli import main
+
+    train(_config(demo_store, tiny_init, tmp_path / "run", export=False, save_every=2))
+    assert main(["finetune", "export", str(tmp_path / "run"), "--step", "2", "--device", "cpu"]) == 0
+    assert json.loads(capsys.readouterr().out)["model_dir"] == str(tmp_path / "run" / "export-step-00000002")
+    assert main(["finetune", "export", str(tmp_path / "run"), "--step", "3"]) == 2
+    assert "no checkpoint at step 3" in capsys.readouterr().err
