@@ -61,9 +61,11 @@ class ImageSettings:
         normalize = data.get("tvf_normalize_params")
         if normalize:  # upstream's processor normalises with these stored values, not with means/stds
             try:
-                means, stds = [entry["mean"] for entry in normalize], [entry["std"] for entry in normalize]
+                stored = [entry["mean"] for entry in normalize], [entry["std"] for entry in normalize]
             except (TypeError, KeyError):
                 raise ValueError(f"{source}: tvf_normalize_params must be a list of {{mean, std}} objects") from None
+            if not _same_float32((means, stds), stored):  # (float32 copies of means/stds compute the same pixels)
+                means, stds = stored
         if len(means) != 2 or len(stds) != 2:
             raise ValueError(f"{source}: expected means/stds for two backbones (fused DINOv2 + SigLIP)")
         return cls(image_size=int(next(iter(sizes))[1]), means=tuple(tuple(float(v) for v in m) for m in means),
@@ -98,6 +100,13 @@ class ImageSettings:
             ],
             "use_fused_vision_backbone": True,
         }
+
+
+def _same_float32(first, second) -> bool:
+    try:
+        return bool(np.array_equal(np.asarray(first, dtype=np.float32), np.asarray(second, dtype=np.float32)))
+    except ValueError:  # ragged: not the same
+        return False
 
 
 def center_crop_box(height: int, width: int, crop_area: float = DEFAULT_CROP_AREA) -> tuple[float, float, float, float]:
