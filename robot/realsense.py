@@ -149,6 +149,12 @@ class RealSenseCamera(Camera):
         return self._wait(lambda frame: frame.frame_number >= frame_number, timeout_s, f"frame {frame_number}")
 
     @property
+    def timestamp_domain(self) -> str | None:
+        """The domain of the newest frame's timestamps (``global_time`` on a D455 by default); None before one."""
+        frame = self._frame
+        return None if frame is None else frame.metadata.get("timestamp_domain")
+
+    @property
     def playback_ended(self) -> bool:
         """True once a recording has delivered its last frame."""
         return self._playback_ended
