@@ -114,7 +114,7 @@ def servo_loop_times(config, seconds: float, render_hz: float) -> tuple[list[flo
             stop.set()
             if render_hz > 0:
                 camera_thread.join()
-            times = [wall for _, wall, _ in sdk.controller.servo_log]
+            times = [entry.wall_s for entry in sdk.controller.servo_log]
             arm.stop_servo()
     return times, renders
 

@@ -65,7 +65,8 @@ RECORDING_KEYS: dict[str, KeySpec] = {
 # hardware.yaml fields that do not change what is recorded (connection and start-up settings):
 # ignored when deciding whether a store may be resumed with the current configuration.
 IGNORED_HARDWARE_FIELDS = frozenset({
-    "robot.ip", "robot.sdk_path", "robot.network_timeout_ms",
+    "robot.ip", "robot.sdk_path", "robot.error_code_file", "robot.network_timeout_ms", "robot.payload_kg",
+    "robot.payload_com_mm",
     "camera.warmup_frames", "camera.frame_timeout_s", "camera.retries",
 })
 COMPARED_HARDWARE_SECTIONS = ("robot", "camera")

@@ -333,7 +333,9 @@ class RecordingSession:
         return {"object": object_name, "backend": options.backend, "teleop": teleop,
                 "seed": scene_seed(options.seed, index, attempt) if spec is not None else None,
                 "session_seed": options.seed, "attempt": attempt, "scene": spec.to_dict() if spec else None,
-                "rate_hz": self.config.recording.rate_hz, "started_at": datetime.now(UTC).isoformat(timespec="seconds")}
+                "rate_hz": self.config.recording.rate_hz, "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
+                # SDK version and calls (measured or possibly commanded joints), camera, latency: robot/factory.py
+                "hardware_info": self._robot.hardware_info()}
 
     def _judge(self, result: EpisodeResult) -> Verdict:
         """Sim: score the episode (saved with it); scripted: keep only successes. Real: the operator decides."""

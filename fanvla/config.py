@@ -37,9 +37,30 @@ def _ordered(value: Range) -> Range:
     return value
 
 
+# JAKA's controller interpolates servo targets in 8 ms cycles; servo_j's step_num spreads one target over
+# step_num cycles (JAKAZuRobot.h, servo_j: "servo_j movement period for step_num * 8ms").
+CONTROLLER_CYCLE_S = 0.008
+CONTROLLER_RATE_HZ = 1.0 / CONTROLLER_CYCLE_S
+# The MiniCobo's rated payload (hardware.md) and its tool flange's digital outputs (jktypes.h IO_TOOL; 2 on the
+# MiniCobo flange, hardware.md).
+MINICOBO_PAYLOAD_KG = 1.0
+TOOL_FLANGE_OUTPUTS = 2
+
+
+def servo_step_num(rate_hz: float) -> int | None:
+    """The whole number of 8 ms controller cycles one servo period spans at ``rate_hz`` (None: not a whole number)."""
+    step_num = round(CONTROLLER_RATE_HZ / rate_hz)
+    if step_num >= 1 and abs(step_num * CONTROLLER_CYCLE_S - 1.0 / rate_hz) <= 1e-9 * step_num + 1e-12:
+        return step_num
+    return None
+
+
 class RobotConfig(_Model):
     ip: str
     sdk_path: str | None = None
+    # JAKA's error-code file from the SDK bundle: get_last_error carries the controller's message only after
+    # set_errorcode_file_path (JAKAZuRobot.h); None = errors are reported with this driver's own table.
+    error_code_file: str | None = None
     home_joints_deg: Annotated[list[float], Field(min_length=6, max_length=6)]
     joint_limits_deg: Annotated[list[Range], Field(min_length=6, max_length=6)]
     home_speed_deg_s: Annotated[float, Field(gt=0, le=180)]
@@ -47,6 +68,17 @@ class RobotConfig(_Model):
     collision_level: Annotated[int, Field(ge=0, le=5)]
     network_timeout_ms: Annotated[int, Field(ge=10, le=10_000)]
     tcp_offset_mm: Annotated[float, Field(ge=0, le=400)]
+    payload_kg: Annotated[float, Field(ge=0, le=MINICOBO_PAYLOAD_KG)]
+    payload_com_mm: tuple[float, float, float]
+
+    @field_validator("servo_rate_hz")
+    @classmethod
+    def _whole_controller_cycles(cls, rate_hz: float) -> float:
+        if servo_step_num(rate_hz) is None:
+            allowed = ", ".join(f"{CONTROLLER_RATE_HZ / n:g}" for n in range(1, 7))
+            raise ValueError(f"the servo period must be a whole number of JAKA's 8 ms controller cycles, i.e. "
+                             f"servo_rate_hz = 125 / n ({allowed}, ...)")
+        return rate_hz
 
     @field_validator("joint_limits_deg")
     @classmethod
@@ -73,8 +105,13 @@ class RobotConfig(_Model):
         return deg_to_rad(self.home_speed_deg_s)
 
     @property
+    def servo_step_num(self) -> int:
+        """servo_j's step_num: 8 ms controller cycles per servo period."""
+        return servo_step_num(self.servo_rate_hz)
+
+    @property
     def servo_period_s(self) -> float:
-        return 1.0 / self.servo_rate_hz
+        return self.servo_step_num * CONTROLLER_CYCLE_S
 
 
 class WorkspaceBox(_Model):
@@ -121,6 +158,13 @@ class GripperConfig(_Model):
     close_level: bool
     stroke_mm: Annotated[float, Field(gt=0, le=200)]
     settle_s: Annotated[float, Field(ge=0, le=5)]
+
+    @model_validator(mode="after")
+    def _output_exists(self) -> GripperConfig:
+        if self.io_type == "tool" and self.io_index >= TOOL_FLANGE_OUTPUTS:
+            raise ValueError(f"io_index = {self.io_index}: the MiniCobo's tool flange has {TOOL_FLANGE_OUTPUTS} "
+                             f"digital outputs (io_index 0 or 1 with io_type tool)")
+        return self
 
 
 class StreamProfile(_Model):
@@ -226,8 +270,17 @@ class SimConfig(_Model):
     camera_pos_mm: tuple[float, float, float]
     camera_lookat_mm: tuple[float, float, float]
     camera_hfov_deg: Annotated[float, Field(gt=20, lt=170)]
-    physics_dt_s: Annotated[float, Field(gt=0, le=0.008)]
+    physics_dt_s: Annotated[float, Field(gt=0, le=CONTROLLER_CYCLE_S)]
     realtime: bool
+
+    @field_validator("physics_dt_s")
+    @classmethod
+    def _divides_the_controller_cycle(cls, dt_s: float) -> float:
+        steps = round(CONTROLLER_CYCLE_S / dt_s)
+        if abs(steps * dt_s - CONTROLLER_CYCLE_S) > 1e-9:
+            raise ValueError("must divide the controller's 8 ms cycle (the twin steps the controller every 8 ms), "
+                             "e.g. 0.002 or 0.001")
+        return dt_s
 
 
 class HardwareConfig(_Model):

@@ -64,7 +64,7 @@ class EpisodeRunner:
         self.summary = EpisodeSummary()
         self.step_log = None
         if step_log is not None:
-            session = {"backend": getattr(robot, "backend", None), **dict(session_meta or {})}
+            session = {"backend": getattr(robot, "backend", None), **_hardware_info(robot), **dict(session_meta or {})}
             self.step_log = StepLog(step_log, session, self.summary, context=self._log_context)
         chain: list[Subscriber] = [self.summary, *([self.step_log] if self.step_log else []), *subscribers]
         self.loop = ControlLoop(robot, rate_hz or config.recording.rate_hz, hold_after_s, stop_after_s, chain)
@@ -139,3 +139,9 @@ class ClosedLoopRunner(EpisodeRunner):
         path = self.video_dir / f"episode_{log_index:04d}.mp4"
         write_episode_video(self.step_log.store, log_index, path)
         return path
+
+
+def _hardware_info(robot) -> dict[str, Any]:
+    """The SDK, camera and latency figures behind the run, for the step log's metadata (robot.factory.Robot)."""
+    info = getattr(robot, "hardware_info", None)
+    return {"hardware_info": info()} if callable(info) else {}

@@ -9,6 +9,7 @@ import numpy as np
 from fanvla.config import HardwareConfig
 from robot.errors import RobotError
 from robot.factory import Backend, open_robot
+from robot.input_devices import teleop_devices
 from robot.kinematics import MiniCoboKinematics
 from robot.units import rad_to_deg
 
@@ -27,6 +28,7 @@ class CheckReport:
     gripper: dict = field(default_factory=dict)
     camera: dict = field(default_factory=dict)
     safety: dict = field(default_factory=dict)
+    teleop: dict = field(default_factory=dict)  # informative: a missing device does not make the check fail
 
     def fail(self, problem: str) -> None:
         self.healthy = False
@@ -38,6 +40,7 @@ class CheckReport:
 
 def run_check(config: HardwareConfig, backend: Backend, measure_s: float = 1.0) -> CheckReport:
     report = CheckReport(backend)
+    report.teleop = {name: status.to_dict() for name, status in teleop_devices().items()}
     try:
         with open_robot(config, backend) as robot:
             if robot.twin is not None:
@@ -54,7 +57,8 @@ def run_check(config: HardwareConfig, backend: Backend, measure_s: float = 1.0) 
 def _check_arm(robot, report: CheckReport) -> None:
     state = robot.arm.state()
     report.arm = {"joints_deg": [round(float(rad_to_deg(q)), 3) for q in state.joints_rad],
-                  "tcp_pose_mm_rad": [round(float(v), 4) for v in state.tcp_pose], "error": state.error}
+                  "tcp_pose_mm_rad": [round(float(v), 4) for v in state.tcp_pose], "error": state.error,
+                  "sdk": robot.arm.sdk_info() if hasattr(robot.arm, "sdk_info") else None}
     if state.error:
         report.fail(f"arm: {state.error}")
     local = MiniCoboKinematics.from_config(robot.config).forward(state.joints_rad)
@@ -105,6 +109,11 @@ def format_report(report: CheckReport) -> str:
         lines.append(f"arm: joints (deg) {report.arm['joints_deg']}")
         lines.append(f"     TCP (mm, rad) {report.arm['tcp_pose_mm_rad']}  "
                      f"[DH vs controller FK {report.arm['local_vs_controller_fk_mm']} mm]")
+    if report.arm.get("sdk"):
+        sdk = report.arm["sdk"]
+        lines.append(f"     SDK {sdk['version'] or '(version unknown)'}: {sdk['servo_call']} step_num "
+                     f"{sdk['step_num']}, joints from {sdk['joints_call']} ({sdk['measured_state']}), state from "
+                     f"{sdk['state_call']}")
     if report.gripper:
         lines.append(f"gripper: command {report.gripper['command']} width {report.gripper['width']}")
     if report.camera:
@@ -117,6 +126,8 @@ def format_report(report: CheckReport) -> str:
                      f"{s['max_step_rot_deg']} deg; TCP <= {s['max_tcp_speed_mm_s']} mm/s; joints <= "
                      f"{s['max_joint_speed_deg_s']} deg/s; watchdog hold {s['watchdog_hold_s']} s stop "
                      f"{s['watchdog_stop_s']} s")
+    for name, status in report.teleop.items():
+        lines.append(f"teleop {name}: {'usable' if status['usable'] else 'NOT usable'}: {status['detail']}")
     lines.extend(f"PROBLEM: {problem}" for problem in report.problems)
     lines.append("healthy" if report.healthy else "NOT healthy")
     return "\n".join(lines)

@@ -25,6 +25,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     check.add_argument("--json", action="store_true", help="print one JSON object")
     check.set_defaults(func=_check)
 
+    latency = commands.add_parser("latency", help="measure the arm's command-to-motion round trip and the camera's "
+                                                  "capture-to-host delay; save them next to hardware.yaml")
+    add_config_argument(latency)
+    latency.add_argument("--backend", choices=("sim", "real"), default="real")
+    latency.add_argument("--trials", type=int, default=10, help="commanded steps of the wrist (default 10)")
+    latency.add_argument("--frames", type=int, default=60, help="camera frames to time (default 60)")
+    latency.add_argument("--out", default=None, help="latency file (default: robot_latency.json next to hardware.yaml)")
+    latency.add_argument("--json", action="store_true", help="print the measurement as JSON")
+    latency.set_defaults(func=_latency)
+
     snapshot = commands.add_parser("snapshot", help="save the camera's current colour image as PNG")
     add_config_argument(snapshot)
     snapshot.add_argument("--backend", choices=("sim", "real"), default="real")
@@ -56,6 +66,28 @@ def _check(args: argparse.Namespace) -> int:
     report = run_check(load_hardware_config(args.config), args.backend)
     print(json.dumps(report.to_dict(), indent=2) if args.json else format_report(report))
     return 0 if report.healthy else 1
+
+
+def _latency(args: argparse.Namespace) -> int:
+    from fanvla.cli import UserError
+    from fanvla.config import load_hardware_config
+    from robot import latency
+    from robot.factory import open_robot
+
+    if args.trials < 1 or args.frames < 1:
+        raise UserError(f"--trials and --frames must be at least 1, got {args.trials} and {args.frames}")
+    config = load_hardware_config(args.config)
+    with open_robot(config, args.backend) as robot:
+        if robot.twin is not None:
+            robot.twin.reset_scene()
+        result = latency.measure(robot, trials=args.trials, frames=args.frames)
+    path = latency.save(args.out or latency.latency_path(config), result)
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(latency.format_result(result))
+    print(f"saved to {path} (stored with every recording and step log from now on)")
+    return 0
 
 
 def _snapshot(args: argparse.Namespace) -> int:

@@ -59,12 +59,38 @@ class NotInServoModeError(ArmError):
     code = -8
 
 
+class NotDisabledError(ArmError):
+    """-9: the robot must be disabled before it is powered off."""
+
+    code = -9
+
+
 class ProgramRunningError(ArmError):
     code = -10
 
 
 class AbnormalMotionError(ArmError):
     code = -12
+
+
+class ControllerFileError(ArmError):
+    """-11, -14, -17: a file on (or for) the controller could not be opened, transferred or found."""
+
+
+class ValueOversizeError(ArmError):
+    """-15: a message or value exceeded what the controller accepts."""
+
+    code = -15
+
+
+class ForwardKinematicsError(ArmError):
+    """-16: kine_forward failed."""
+
+    code = -16
+
+
+class ProtocolError(ArmError):
+    """-30..-32: a command or the controller's status stream could not be encoded, decoded or uncompressed."""
 
 
 class ProtectiveStopError(ArmError):
@@ -80,7 +106,21 @@ class MoveError(ArmError):
 
 
 class ArmTimeoutError(ArmError):
-    """-50..-56: the controller timed out."""
+    """-50..-56, -61: the controller timed out."""
+
+
+class IOTimeoutError(ArmTimeoutError):
+    """-60: setting a digital/analog output timed out (e.g. the tool IO board did not answer)."""
+
+    code = -60
+
+
+class DeprecatedCallError(ArmError):
+    """-9998 / -9999: the call is deprecated or obsolete in this SDK version; use its replacement."""
+
+
+class ArmSetupError(ArmError):
+    """The controller's frames, tool or payload are not what hardware.yaml says, and could not be set."""
 
 
 class CameraError(RobotError):

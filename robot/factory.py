@@ -20,6 +20,7 @@ from robot.errors import RobotError
 from robot.gripper import make_gripper
 from robot.interfaces import Arm, ArmState, Camera, CameraFrame, Gripper, GripperState
 from robot.jaka import JakaArm
+from robot.latency import load as load_latency
 from robot.safety import SafetyLayer
 
 log = logging.getLogger(__name__)
@@ -41,9 +42,18 @@ class Robot:
     safety: SafetyLayer
     twin: object | None = None  # robot.sim.twin.Twin for the sim backend: scene control and scoring
     _exit: ExitStack = field(default_factory=ExitStack, repr=False)
+    latency: dict | None = None  # this backend's figures from `fanvla robot latency` (robot/latency.py), if measured
 
     def observe_parts(self) -> tuple[CameraFrame, ArmState, GripperState]:
         return self.camera.latest(), self.arm.state(), self.gripper.state()
+
+    def hardware_info(self) -> dict:
+        """What every recording keeps about the hardware behind it: the SDK and the calls used (measured or
+        possibly commanded state), frames, tool and payload; the camera and its timestamp domain; latency."""
+        sdk_info = getattr(self.arm, "sdk_info", None)
+        camera = {key: getattr(self.camera, key, None) for key in ("serial", "device_name", "timestamp_domain")}
+        return {"backend": self.backend, "arm": sdk_info() if sdk_info is not None else None, "camera": camera,
+                "latency": self.latency}
 
     def go_home(self) -> None:
         """Leave servo mode if needed and move home (blocking, speed-limited)."""
@@ -91,6 +101,7 @@ def open_robot(config: HardwareConfig, backend: Backend, *, seed: int = 0, realt
     except BaseException:
         stack.close()
         raise
+    robot.latency = load_latency(config, backend)
     return robot
 
 

@@ -2,21 +2,28 @@
 output of the JAKA controller (cabinet, tool flange or extension IO) through the arm's SDK handle.
 
 In the twin the same output drives the finger actuator (robot/sim/fake_jkrc.py), so this driver is
-the code exercised in simulation.
+the code exercised in simulation. A set that times out (-60, jkerr.h ERR_IO_SET_TIMEOUT: the tool IO did
+not answer) is tried once more; a second failure raises ``IOTimeoutError`` and the gripper's state keeps
+the last command that was applied, never the one that was lost.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import threading
 from abc import abstractmethod
 
+from fanvla.config import TOOL_FLANGE_OUTPUTS
 from robot.clock import Clock, RealClock
-from robot.errors import BadParameterError
+from robot.errors import BadParameterError, IOTimeoutError
 from robot.interfaces import Gripper, GripperState
 
-IO_TYPE_CODES = {"cabinet": 0, "tool": 1, "extended": 2}  # JAKA's set_digital_output ``type``
+log = logging.getLogger(__name__)
+
+IO_TYPE_CODES = {"cabinet": 0, "tool": 1, "extended": 2}  # JAKA's set_digital_output ``type`` (jktypes.h IOType)
 OPEN_THRESHOLD = 0.5
+IO_SET_ATTEMPTS = 2
 
 
 class BinaryGripper(Gripper):
@@ -69,6 +76,9 @@ class DigitalOutputGripper(BinaryGripper):
         self.arm = arm
         self.io_type = IO_TYPE_CODES[gripper.io_type]
         self.io_index = gripper.io_index
+        if gripper.io_type == "tool" and not 0 <= self.io_index < TOOL_FLANGE_OUTPUTS:
+            raise BadParameterError(f"gripper.io_index {self.io_index}: the MiniCobo's tool flange has "
+                                    f"{TOOL_FLANGE_OUTPUTS} digital outputs (0 or 1)", call="set_digital_output")
         self.close_level = gripper.close_level
 
     def connect(self) -> None:
@@ -82,7 +92,16 @@ class DigitalOutputGripper(BinaryGripper):
 
     def _apply(self, open_: bool) -> None:
         level = (not self.close_level) if open_ else self.close_level
-        self.arm.sdk_call("set_digital_output", self.io_type, self.io_index, int(level))
+        for attempt in range(1, IO_SET_ATTEMPTS + 1):
+            try:
+                self.arm.sdk_call("set_digital_output", self.io_type, self.io_index, int(level))
+                return
+            except IOTimeoutError as error:
+                if attempt == IO_SET_ATTEMPTS:
+                    raise IOTimeoutError(f"the gripper was not {'opened' if open_ else 'closed'}: {error} (tried "
+                                         f"{IO_SET_ATTEMPTS} times; output {self.io_index} of type "
+                                         f"{self.io_type})", code=error.code, call=error.call) from None
+                log.warning("gripper output set timed out, trying once more: %s", error)
 
 
 GRIPPER_KINDS = {"digital_output": DigitalOutputGripper}

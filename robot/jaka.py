@@ -1,22 +1,23 @@
 """``JakaArm``: the MiniCobo through JAKA's ``jkrc`` SDK (or the twin's fake of it, same code path).
 
 Every SDK call goes through ``JakaArm.sdk_call``, which maps JAKA's return codes to the typed errors
-of robot/errors.py with the call name, the code's meaning and what to check. Streaming runs a
-125 Hz servo loop on ``clock.every``: each cycle it moves the commanded joints towards the latest
-target so that the target is reached ``reach_in_s`` after it was set, never faster than
-``safety.max_joint_speed_deg_s`` per joint nor ``safety.max_tcp_speed_mm_s`` at the TCP, and sends
-``servo_j(joints, ABS)``. An error in that loop stops it and is raised by the next call.
+of robot/errors.py with the call name, the code's meaning and what to check (robot/jaka_codes.py).
+At connect the driver detects what the SDK generation offers (robot/jaka_sdk.py), sets the base user
+frame, the tool and the payload (or refuses, saying what the pendant has active).
+
+Streaming runs a servo loop every ``robot.servo_rate_hz`` (125 / n Hz) on ``clock.every``: each period
+it moves the commanded joints towards the latest target so that the target is reached ``reach_in_s``
+after it was set, never faster than ``safety.max_joint_speed_deg_s`` per joint nor
+``safety.max_tcp_speed_mm_s`` at the TCP, and sends ``servo_j(joints, ABS, step_num)`` with
+``step_num = period / 8 ms``: the controller interpolates each target over that many of its 8 ms
+cycles (JAKAZuRobot.h), so the arm moves without a pause between targets. An error in that loop
+stops it and is raised by the next call.
 """
 
 from __future__ import annotations
 
-import ctypes
-import importlib
 import logging
-import os
-import sys
 import threading
-from pathlib import Path
 from types import ModuleType, TracebackType
 
 import numpy as np
@@ -24,93 +25,19 @@ import numpy as np
 from robot import errors
 from robot.clock import Clock, PeriodicTask, RealClock
 from robot.interfaces import Arm, ArmState
+from robot.jaka_codes import DEPRECATED, OBSOLETE, error_for, last_error_detail
+from robot.jaka_sdk import ENV_SDK_PATH, SdkCapabilities, describe, detect_capabilities, load_jkrc
+from robot.jaka_setup import BASE_USER_FRAME, TOOL_ID, set_error_code_file, set_frames_tool_payload
 from robot.kinematics import NUM_JOINTS, MiniCoboKinematics
 from robot.units import rad_to_deg
 
 log = logging.getLogger(__name__)
 
-ENV_SDK_PATH = "FANVLA_JKRC_PATH"
+__all__ = ["ENV_SDK_PATH", "JakaArm", "load_jkrc"]
+
 ABS, INCR = 0, 1  # JAKA move_mode
 NETWORK_ACTION_STOP = 2  # set_network_exception_handle: 0 keep moving, 1 pause, 2 stop
-TOOL_ID = 1
-TOOL_NAME = "fanvla_gripper"
-
-# code -> (error class, meaning, what to check)
-_CODES: dict[int, tuple[type[errors.ArmError], str, str]] = {
-    2: (errors.CallFailedError, "call failed", "see get_last_error on the controller / the app's log"),
-    -1: (errors.BadHandleError, "invalid handle (not logged in)", "call connect(); check robot.ip and that no "
-                                                                    "other client holds the controller"),
-    -2: (errors.BadParameterError, "bad parameter", "check the values passed (units: rad, mm, rad/s, mm/s)"),
-    -3: (errors.CommunicationError, "communication error", "check the network cable/switch, robot.ip and that the "
-                                                           "controller is on"),
-    -4: (errors.IKFailedError, "inverse kinematics failed", "the pose is out of reach or beyond joint limits"),
-    -5: (errors.EStopError, "emergency stop pressed", "release the e-stop, then connect again (power on, enable)"),
-    -6: (errors.NotPoweredError, "robot not powered", "power the arm on (cabinet power switch, e-stop released)"),
-    -7: (errors.NotEnabledError, "robot not enabled", "enable the arm (connect() does it)"),
-    -8: (errors.NotInServoModeError, "not in servo mode", "call start_servo() before streaming"),
-    -10: (errors.ProgramRunningError, "a program is running", "stop the program on the teach pendant/app"),
-    -12: (errors.AbnormalMotionError, "abnormal motion", "the commanded motion was too fast or discontinuous"),
-    -20: (errors.ProtectiveStopError, "protective stop (collision)", "clear the obstacle, then call recover()"),
-    -21: (errors.EStopError, "emergency stop", "release the e-stop, then connect again"),
-    -22: (errors.SoftLimitError, "soft limit", "a target lies beyond robot.joint_limits_deg; move back inside"),
-}
-
-
-def _error_for(code: int) -> tuple[type[errors.ArmError], str, str]:
-    if code in _CODES:
-        return _CODES[code]
-    if code in (-40, -41, -42):
-        return errors.MoveError, "move error", "the linear/joint/circular move could not be planned or executed"
-    if -56 <= code <= -50:
-        return errors.ArmTimeoutError, "controller timeout", "the controller did not answer in time"
-    return errors.ArmError, "unknown error code", "see JAKA's SDK manual"
-
-
-def load_jkrc(sdk_path: str | None = None) -> ModuleType:
-    """Import JAKA's ``jkrc`` from ``$FANVLA_JKRC_PATH`` or ``sdk_path`` (else from sys.path).
-
-    The folder goes on sys.path; ``libjakaAPI.so`` there is preloaded globally, because the dynamic
-    loader reads LD_LIBRARY_PATH only at process start (it is still extended for child processes).
-    """
-    folder = os.environ.get(ENV_SDK_PATH) or sdk_path
-    where = f"{ENV_SDK_PATH} / robot.sdk_path"
-    if folder:
-        path = Path(folder).expanduser()
-        if not path.is_dir():
-            raise errors.SDKNotFoundError(f"JAKA SDK folder {path} (from {where}) does not exist; point it at the "
-                                          f"folder holding jkrc.so and libjakaAPI.so")
-        if str(path) not in sys.path:
-            sys.path.insert(0, str(path))
-        os.environ["LD_LIBRARY_PATH"] = os.pathsep.join(filter(None, [str(path), os.environ.get("LD_LIBRARY_PATH")]))
-        for lib in path.glob("libjakaAPI*.so*"):
-            try:
-                ctypes.CDLL(str(lib), mode=ctypes.RTLD_GLOBAL)
-            except OSError as error:
-                raise errors.SDKNotFoundError(f"cannot load {lib}: {error} (wrong architecture? this machine is "
-                                              f"{os.uname().machine})") from None
-    python = f"CPython {sys.version_info.major}.{sys.version_info.minor} ({sys.executable})"
-    try:
-        return importlib.import_module("jkrc")
-    except ModuleNotFoundError as error:
-        if error.name != "jkrc":
-            raise
-        found = sorted(p.name for p in Path(folder).glob("jkrc*")) if folder else []
-        if found:  # e.g. jkrc.cpython-38-x86_64-linux-gnu.so: this Python does not even look at it
-            raise errors.SDKNotFoundError(
-                f"{folder} holds {found}, none of which this Python can import: jkrc.so is built for one CPython "
-                f"version and must match {python}. Get the bundle built for Python "
-                f"{sys.version_info.major}.{sys.version_info.minor}.") from None
-        raise errors.SDKNotFoundError(
-            f"JAKA's jkrc module was not found{f' in {folder}' if folder else ''}. Set {ENV_SDK_PATH} or "
-            f"robot.sdk_path in hardware.yaml to the folder holding jkrc.so and libjakaAPI.so (JAKA's Python "
-            f"SDK bundle for Linux {os.uname().machine}; it is not on PyPI).") from None
-    except ImportError as error:
-        found = sorted(p.name for p in Path(folder).glob("jkrc*")) if folder else []
-        raise errors.SDKNotFoundError(
-            f"jkrc exists but does not import into this Python: {error}. jkrc.so is built for one CPython "
-            f"version and must match {python}; files found: {found or 'none'}. Get the bundle built for "
-            f"Python {sys.version_info.major}.{sys.version_info.minor}, or run the stack with the Python the "
-            f"bundle was built for.") from None
+_NO_DETAIL_CODES = (-1, -3, DEPRECATED, OBSOLETE)  # the controller cannot (or need not) be asked why
 
 
 class JakaArm(Arm):
@@ -126,8 +53,10 @@ class JakaArm(Arm):
         self._target_lock = threading.Lock()
         self._servo_task: PeriodicTask | None = None
         self._servo_error: BaseException | None = None
+        self.capabilities: SdkCapabilities | None = None
         period = config.robot.servo_period_s
         self.servo_period_s = period
+        self.step_num = config.robot.servo_step_num  # 8 ms controller cycles per servo period
         self.max_joint_step_rad = config.safety.max_joint_speed_rad_s * period
         self.max_tcp_step_mm = config.safety.max_tcp_speed_mm_s * period
         self._commanded = np.zeros(NUM_JOINTS)
@@ -154,25 +83,25 @@ class JakaArm(Arm):
         code = int(ret[0])
         if code == 0:
             return ret[1] if len(ret) > 1 else None
-        cls, meaning, hint = _error_for(code)
+        cls, meaning, hint = error_for(code)
         detail = self._controller_detail(rc, code)
         raise cls(f"jkrc.{name} returned {code} ({meaning}){detail}; {hint}", code=code, call=name)
 
     def _controller_detail(self, rc, code: int) -> str:
-        if code in (-1, -3):  # the controller cannot be asked
+        if code in _NO_DETAIL_CODES:
             return ""
-        try:
+        try:  # the detail is a courtesy: whatever the SDK answers, never mask the original error
             with self._sdk_lock:
-                ret = rc.get_last_error()
-        except Exception:  # the detail is a courtesy; never mask the original error
+                detail = last_error_detail(rc.get_last_error())
+        except Exception as error:
+            log.debug("get_last_error: %s", error)
             return ""
-        if ret[0] == 0 and len(ret) > 1 and ret[1] and ret[1][0] != 0:
-            return f": controller says {ret[1][1]!r}"
-        return ""
+        return f": controller says {detail[1]!r}" if detail else ""
 
     # -- connection -------------------------------------------------------------------------------
     def connect(self) -> None:
-        """login -> power_on -> enable, then collision level, network handling, tool frame, no servo filter."""
+        """login -> power on -> enable; error-code file, collision level, network handling; base user frame,
+        tool and payload (verified); servo mode off without filter; then detect what the SDK offers."""
         if self._rc is not None:
             return
         sdk = self._sdk or load_jkrc(self.config.robot.sdk_path)
@@ -182,12 +111,16 @@ class JakaArm(Arm):
             self.sdk_call("login")
             self.sdk_call("power_on")
             self.sdk_call("enable_robot")
+            set_error_code_file(self)
             self.sdk_call("set_collision_level", robot.collision_level)
             self.sdk_call("set_network_exception_handle", float(robot.network_timeout_ms), NETWORK_ACTION_STOP)
-            self.sdk_call("set_tool_data", TOOL_ID, [0.0, 0.0, robot.tcp_offset_mm, 0.0, 0.0, 0.0], TOOL_NAME)
-            self.sdk_call("set_tool_id", TOOL_ID)
+            set_frames_tool_payload(self)
             self.sdk_call("servo_move_enable", False)  # a client that crashed may have left servo mode on
             self.sdk_call("servo_move_use_none_filter")  # this driver interpolates itself
+            here = _joints_tuple(self.sdk_call("get_joint_position"))
+            with self._sdk_lock:
+                self.capabilities = detect_capabilities(self._rc, here, self.step_num)
+            (log.info if self.capabilities.measured_is_actual else log.warning)("%s", describe(self.capabilities))
             if self.sdk_call("is_in_collision"):  # stay connected so that recover() can be called
                 log.warning("the arm is in a protective stop: clear the obstacle, then call JakaArm.recover()")
         except BaseException:
@@ -229,10 +162,12 @@ class JakaArm(Arm):
 
     # -- state and kinematics ---------------------------------------------------------------------
     def state(self) -> ArmState:
+        """Measured joints and TCP (``get_actual_*`` where the SDK has them: see ``capabilities``) and problems."""
         self._raise_servo_error()
-        joints = np.asarray(self.sdk_call("get_joint_position"), dtype=np.float64)
-        tcp = np.asarray(self.sdk_call("get_tcp_position"), dtype=np.float64)
-        estop, powered, enabled = self.sdk_call("get_robot_state")
+        caps = self._require_capabilities()
+        joints = np.asarray(self.sdk_call(caps.joints_call), dtype=np.float64)
+        tcp = np.asarray(self.sdk_call(caps.tcp_call), dtype=np.float64)
+        estop, powered, enabled = self._robot_flags(caps.state_call)
         problems = []
         if estop:
             problems.append("emergency stop pressed")
@@ -243,6 +178,31 @@ class JakaArm(Arm):
         elif not enabled:
             problems.append("not enabled")
         return ArmState(joints, tcp, self.clock.now_s(), self.is_servoing, "; ".join(problems) or None)
+
+    def _require_capabilities(self) -> SdkCapabilities:
+        if self.capabilities is None:
+            raise errors.BadHandleError("the arm is not connected; call connect() first", call="state")
+        return self.capabilities
+
+    def _robot_flags(self, call: str) -> tuple[bool, bool, bool]:
+        """(e-stop, powered, enabled) from the call the SDK supports (robot/jaka_sdk.py)."""
+        if call == "get_robot_state":
+            estop, powered, enabled = self.sdk_call(call)
+        elif call == "get_robot_status_simple":
+            status = self.sdk_call(call)  # errcode, errmsg, powered_on, enabled (jktypes.h RobotStatus_simple)
+            estop, powered, enabled = self.sdk_call("is_in_estop"), status[2], status[3]
+        else:
+            status = self.sdk_call(call)  # errcode, inpos, powered_on, enabled, rapidrate, protective_stop, e-stop
+            estop, powered, enabled = status[6], status[2], status[3]
+        return bool(estop), bool(powered), bool(enabled)
+
+    def sdk_info(self) -> dict:
+        """What the store's metadata records about the controller link (SDK version, calls used, frames)."""
+        caps = self._require_capabilities()
+        robot = self.config.robot
+        return {**caps.to_dict(), "step_num": self.step_num, "servo_period_s": self.servo_period_s,
+                "user_frame_id": BASE_USER_FRAME, "tool_id": TOOL_ID, "tcp_offset_mm": robot.tcp_offset_mm,
+                "payload_kg": robot.payload_kg, "payload_com_mm": list(robot.payload_com_mm)}
 
     def forward_kinematics(self, joints_rad: np.ndarray) -> np.ndarray:
         return np.asarray(self.sdk_call("kine_forward", _joints_tuple(joints_rad)), dtype=np.float64)
@@ -297,7 +257,7 @@ class JakaArm(Arm):
         if self.is_servoing:
             return
         self._stop_servo_task([])
-        here = np.asarray(self.sdk_call("get_joint_position"), dtype=np.float64)
+        here = np.asarray(self.sdk_call(self._require_capabilities().joints_call), dtype=np.float64)
         self.sdk_call("servo_move_enable", True)
         with self._target_lock:
             self._commanded, self._goal = here.copy(), here.copy()
@@ -366,13 +326,21 @@ class JakaArm(Arm):
         try:
             with self._target_lock:
                 command = self._next_command(self.clock.now_s())
-            self.sdk_call("servo_j", _joints_tuple(command), ABS, 1)
+            self._send_servo_target(command)
             with self._target_lock:
                 self._commanded = command
                 self._commanded_tcp_mm = self._tcp_mm(command)
         except BaseException as error:
             self._servo_error = error
             raise
+
+    def _send_servo_target(self, joints: np.ndarray) -> None:
+        """One target reached over ``step_num`` 8 ms controller cycles, i.e. by the next servo period."""
+        call = self.capabilities.servo_call
+        if call == "servo_j/2":  # an old binding without step_num; only valid at 125 Hz (step_num 1)
+            self.sdk_call("servo_j", _joints_tuple(joints), ABS)
+        else:
+            self.sdk_call(call, _joints_tuple(joints), ABS, self.step_num)
 
     def _tcp_mm(self, joints: np.ndarray) -> np.ndarray:
         return self.kinematics.tcp_matrix(joints)[:3, 3]

@@ -7,8 +7,14 @@
 
 A background thread drains the pipeline and keeps the newest frame set, so a slow control loop
 never lets the SDK's queue overflow (the classic "Frame didn't arrive within 5000"). Every wait
-has a time-out. When frames stop, the thread restarts the pipeline (with a ``hardware_reset`` of a
-real device) up to ``camera.retries`` times, then fails with a message saying what to check.
+has a time-out. When frames stop, the thread restarts the pipeline (a real device is hardware-reset
+and waited for until it has left the bus and come back: robot/realsense_recovery.py) up to
+``camera.retries`` times with a growing backoff, a failed restart counting as one of them, then fails
+with a message saying what to check.
+
+Timestamps: a D455 stamps frames in the ``global_time`` domain by default (librealsense maps the device
+clock onto the host's system clock), so ``capture_to_host_s`` (host receipt minus capture) is known per
+frame and kept in ``CameraFrame.metadata``; the domain is kept too, and a recording keeps it.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ import logging
 import os
 import threading
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -27,77 +33,33 @@ from fanvla.config import CameraConfig
 from robot.clock import Clock, RealClock
 from robot.errors import CameraError, CameraTimeoutError
 from robot.interfaces import Camera, CameraFrame, Intrinsics
+from robot.realsense_recovery import (
+    REENUMERATE_TIMEOUT_S,
+    backoff_s,
+    reset_and_wait_until_gone,
+    total_backoff_s,
+    wait_until_listed,
+)
+from robot.realsense_source import TROUBLESHOOTING, Source, connected_devices, device_info, intrinsics_from_profile
 
 log = logging.getLogger(__name__)
 
 # The reader polls the pipeline this often, so that disconnect() is never kept waiting longer.
 _POLL_MS = 50
-# After a hardware_reset a real device leaves the bus and re-enumerates; wait this long for it.
-_RESET_SETTLE_S = 2.0
-_REENUMERATE_TIMEOUT_S = 10.0
 _JOIN_TIMEOUT_S = 5.0
 _MM_PER_M = 1000.0
-
-TROUBLESHOOTING = (
-    "Check: the camera is on a USB3 port (a USB2 link shrinks the mode table and drops frames) and not "
-    "behind an unpowered hub; the cable is a short USB3 data cable, firmly seated at both ends; "
-    "camera.serial in hardware.yaml matches the camera (`rs-enumerate-devices -s`); no other program "
-    "(realsense-viewer, another fanvla process) holds the camera. This is the classic librealsense "
-    "failure \"Frame didn't arrive within N\"."
-)
-
-
-def connected_devices(context: rs.context) -> list[tuple[str, str]]:
-    """(serial number, name) of every RealSense the context can see."""
-    found = []
-    for device in context.query_devices():
-        found.append((_info(device, rs.camera_info.serial_number), _info(device, rs.camera_info.name)))
-    return found
-
-
-def _info(device: rs.device, key: rs.camera_info) -> str:
-    return device.get_info(key) if device.supports(key) else "?"
-
-
-def intrinsics_from_profile(profile: rs.video_stream_profile) -> Intrinsics:
-    intr = profile.get_intrinsics()
-    return Intrinsics(width=intr.width, height=intr.height, fx=intr.fx, fy=intr.fy, ppx=intr.ppx, ppy=intr.ppy,
-                      distortion_model=intr.model.name, coeffs=tuple(float(c) for c in intr.coeffs))
-
-
-@dataclass(frozen=True)
-class _Source:
-    """Where frames come from: a device in ``context`` (real or software) or a recording file.
-
-    The only source-specific code: how the pipeline's config selects the device, whether warm-up
-    frames are dropped, and whether a stall can be cured by restarting (recordings simply end).
-    """
-
-    context: rs.context
-    playback_path: Path | None
-
-    @property
-    def is_playback(self) -> bool:
-        return self.playback_path is not None
-
-    def select(self, config: rs.config, serial: str | None) -> None:
-        if self.playback_path is not None:
-            config.enable_device_from_file(str(self.playback_path), repeat_playback=False)
-        elif serial is not None:
-            config.enable_device(serial)
-
-    def describe(self, serial: str | None) -> str:
-        return f"recording {self.playback_path}" if self.is_playback else f"RealSense {serial or '?'}"
-
 
 class RealSenseCamera(Camera):
     """``latest()`` returns the newest colour (+ aligned depth) frame set from a background reader."""
 
     def __init__(self, config: CameraConfig, clock: Clock | None = None, *, context: rs.context | None = None,
-                 playback_path: str | os.PathLike[str] | None = None, warmup_frames: int | None = None) -> None:
+                 playback_path: str | os.PathLike[str] | None = None, warmup_frames: int | None = None,
+                 host_time_s: Callable[[], float] | None = None) -> None:
         """``context``: where to look for the device (default: a fresh ``rs.context()``, i.e. USB);
         ``playback_path``: play a recording instead; ``warmup_frames``: overrides config.warmup_frames
-        (frames dropped after start so auto-exposure settles; never dropped from a recording).
+        (frames dropped after start so auto-exposure settles; never dropped from a recording);
+        ``host_time_s``: the host clock ``global_time`` stamps are in (default: the system clock,
+        ``time.time``, as librealsense's global time; none for a recording).
         """
         if context is not None and playback_path is not None:
             raise ValueError("give either a context (live device) or a playback_path (recording), not both")
@@ -106,9 +68,10 @@ class RealSenseCamera(Camera):
         self._context_arg = context
         self._playback_path = Path(playback_path) if playback_path is not None else None
         self._warmup_frames = config.warmup_frames if warmup_frames is None else warmup_frames
+        self._host_time_s = host_time_s or (None if playback_path is not None else time.time)
         self._depth_enabled = config.depth.enabled
         self._align = rs.align(rs.stream.color) if config.depth.enabled and config.align_depth_to_color else None
-        self._source: _Source | None = None
+        self._source: Source | None = None
         self._pipeline: rs.pipeline | None = None
         self._profile: rs.pipeline_profile | None = None
         self.serial: str | None = None
@@ -124,7 +87,8 @@ class RealSenseCamera(Camera):
         self._playback_ended = False
         self.frames_received = 0  # complete frame sets read from the pipeline, warm-up frames included
         self.incomplete_framesets = 0
-        self.restarts = 0
+        self.restarts = 0  # pipeline restarts that succeeded
+        self.failed_restarts = 0
 
     # -- lifecycle ---------------------------------------------------------------------------------
     def connect(self) -> None:
@@ -133,7 +97,7 @@ class RealSenseCamera(Camera):
             return
         if self._playback_path is not None and not self._playback_path.is_file():
             raise CameraError(f"recording not found: {self._playback_path}")
-        self._source = _Source(self._context_arg or rs.context(), self._playback_path)
+        self._source = Source(self._context_arg or rs.context(), self._playback_path)
         if not self._source.is_playback:
             self.serial, self.device_name = self._resolve_device()
         self._start_pipeline()
@@ -161,8 +125,8 @@ class RealSenseCamera(Camera):
     # -- frames ------------------------------------------------------------------------------------
     @property
     def default_timeout_s(self) -> float:
-        """How long latest() waits by default: every retry's frame time-out."""
-        return self.config.frame_timeout_s * (self.config.retries + 1)
+        """How long latest() waits by default: every retry's frame time-out and backoff."""
+        return self.config.frame_timeout_s * (self.config.retries + 1) + total_backoff_s(self.config.retries)
 
     def latest(self, timeout_s: float | None = None) -> CameraFrame:
         """The newest frame set. Waits for the first one, and for a fresh one while the stream is stalled.
@@ -183,6 +147,12 @@ class RealSenseCamera(Camera):
     def wait_for_frame_number(self, frame_number: int, timeout_s: float | None = None) -> CameraFrame:
         """Wait until latest() returns frame ``frame_number`` or a later one (lock-step simulation hook)."""
         return self._wait(lambda frame: frame.frame_number >= frame_number, timeout_s, f"frame {frame_number}")
+
+    @property
+    def timestamp_domain(self) -> str | None:
+        """The domain of the newest frame's timestamps (``global_time`` on a D455 by default); None before one."""
+        frame = self._frame
+        return None if frame is None else frame.metadata.get("timestamp_domain")
 
     @property
     def playback_ended(self) -> bool:
@@ -249,23 +219,39 @@ class RealSenseCamera(Camera):
 
     def _start_pipeline(self) -> None:
         pipeline = rs.pipeline(self._source.context)
+        config = self._stream_config()
         try:
-            profile = pipeline.start(self._stream_config())
+            playback = self._paused_playback(pipeline, config) if self._source.is_playback else None
+            profile = pipeline.start(config)
+            if playback is not None:
+                playback.resume()
         except RuntimeError as error:
             raise CameraError(self._start_failure_message(error)) from None
         self._pipeline, self._profile = pipeline, profile
         device = profile.get_device()
         if self._source.is_playback:
-            # Not real time: the playback hands every frame over as fast as it is read. The pipeline
-            # starts playing before this call, so the first frame or two may already have been dropped.
-            device.as_playback().set_real_time(False)
-            self.serial = _info(device, rs.camera_info.serial_number)
-            self.device_name = _info(device, rs.camera_info.name)
+            self.serial = device_info(device, rs.camera_info.serial_number)
+            self.device_name = device_info(device, rs.camera_info.name)
         color = profile.get_stream(rs.stream.color).as_video_stream_profile()
         self._intrinsics = intrinsics_from_profile(color)
         if self._depth_enabled:
             depth = profile.get_stream(rs.stream.depth).as_video_stream_profile()
             self._depth_intrinsics = self._intrinsics if self._align else intrinsics_from_profile(depth)
+
+    @staticmethod
+    def _paused_playback(pipeline: rs.pipeline, config: rs.config) -> rs.playback:
+        """The recording's playback device, not real time and paused until the pipeline has started.
+
+        Not real time: frames are handed over as fast as they are read, and the reader blocks while the
+        consumer is busy instead of dropping (playback_sensor.h: a blocking dispatch when not real time).
+        Paused: the playback reads from the first sensor's start on, so a second sensor started a moment
+        later would lose the first frames (measured: 8 of 12 frames under CPU load); the pipeline's start
+        uses the device the config resolved, so pausing it here holds every stream until resume().
+        """
+        playback = config.resolve(rs.pipeline_wrapper(pipeline)).get_device().as_playback()
+        playback.set_real_time(False)
+        playback.pause()
+        return playback
 
     def _stop_pipeline(self) -> None:
         pipeline, self._pipeline = self._pipeline, None
@@ -280,7 +266,7 @@ class RealSenseCamera(Camera):
         wanted = f"colour {color.width}x{color.height} rgb8 @ {color.fps}"
         if self._depth_enabled:
             wanted += f" and depth {depth.width}x{depth.height} z16 @ {depth.fps}"
-        offered = self._available_modes() or "nothing readable"
+        offered = self._source.available_modes(self.serial) or "nothing readable"
         if self._source.is_playback:
             advice = f"The recording holds: {offered}; set hardware.yaml camera to match it."
         else:
@@ -288,33 +274,14 @@ class RealSenseCamera(Camera):
                       f"and cable, or choose a listed mode.")
         return f"cannot start {self._describe()} with {wanted} (hardware.yaml camera): {error}. {advice}"
 
-    def _available_modes(self) -> str:
-        try:
-            if self._source.is_playback:
-                # A fresh context: the failed pipeline has already loaded the file into ours.
-                device = rs.context().load_device(str(self._source.playback_path))
-            else:
-                device = next(d for d in self._source.context.query_devices()
-                              if _info(d, rs.camera_info.serial_number) == self.serial)
-            modes = sorted({
-                f"{p.stream_type().name} {v.width()}x{v.height()} {p.format().name} @ {p.fps()}"
-                for sensor in device.query_sensors() for p in sensor.get_stream_profiles()
-                if p.stream_type() in (rs.stream.color, rs.stream.depth) and (v := p.as_video_stream_profile())
-            })
-        except (RuntimeError, StopIteration) as error:
-            log.debug("cannot list modes: %s", error)
-            return ""
-        shown = modes[:20]
-        return "; ".join(shown) + (f" (+{len(modes) - len(shown)} more)" if len(modes) > len(shown) else "")
-
     def _describe(self) -> str:
         name = f" ({self.device_name})" if self.device_name else ""
         return self._source.describe(self.serial) + name if self._source else "RealSense camera"
 
     def _timeout_message(self, what: str, timeout_s: float) -> str:
         return (f"no {what} from {self._describe()} within {timeout_s:.2f} s (frame_timeout_s "
-                f"{self.config.frame_timeout_s:g}, {self.config.retries} retries, {self.restarts} restarts so far). "
-                + TROUBLESHOOTING)
+                f"{self.config.frame_timeout_s:g}, {self.config.retries} retries, {self.restarts} restarts and "
+                f"{self.failed_restarts} failed restarts so far). " + TROUBLESHOOTING)
 
     # -- the reader thread ---------------------------------------------------------------------------
     def _read_loop(self) -> None:
@@ -326,7 +293,7 @@ class RealSenseCamera(Camera):
         failed_attempts = 0
         try:
             while not self._stop.is_set():
-                ok, frames = self._pipeline.try_wait_for_frames(_POLL_MS)
+                ok, frames = self._pipeline.try_wait_for_frames(_POLL_MS) if self._pipeline else (False, None)
                 if ok:
                     frame = self._convert(frames)
                     if frame is None:
@@ -340,20 +307,42 @@ class RealSenseCamera(Camera):
                 elif self._source.is_playback:
                     self._check_playback_end()
                 elif watch_stalls and time.monotonic() - last_frame_s > self.config.frame_timeout_s:
-                    if failed_attempts >= self.config.retries:
-                        self._fail(CameraTimeoutError(self._timeout_message(
-                            "frame", self.config.frame_timeout_s * (failed_attempts + 1))))
+                    failed_attempts = self._restart_after_stall(failed_attempts)
+                    if failed_attempts < 0:
                         return
-                    failed_attempts += 1
-                    self._recover(failed_attempts)
                     last_frame_s = time.monotonic()
         except CameraError as error:
             self._fail(error)
         except RuntimeError as error:  # the SDK failed underneath us: report it, never die silently
             self._fail(CameraError(f"{self._describe()} failed while streaming: {error}. " + TROUBLESHOOTING))
 
+    def _restart_after_stall(self, failed_attempts: int) -> int:
+        """Restart until one succeeds; the attempts made so far (-1 after failing for good, or on stop).
+
+        An attempt whose restart fails counts against ``camera.retries`` like one that brought no frame.
+        """
+        last_problem = "no frame after the restart"
+        while not self._stop.is_set():
+            if failed_attempts >= self.config.retries:
+                self._fail(CameraTimeoutError(
+                    f"{self._describe()} stopped delivering frames and {failed_attempts} restart(s) did not bring "
+                    f"them back (camera.retries {self.config.retries}; last: {last_problem}). "
+                    + self._timeout_message("frame", self.config.frame_timeout_s * (failed_attempts + 1))))
+                return -1
+            failed_attempts += 1
+            try:
+                self._recover(failed_attempts)
+                return failed_attempts
+            except (CameraError, RuntimeError) as error:
+                self.failed_restarts += 1
+                last_problem = str(error)
+                log.warning("restart %d of %d of %s failed: %s", failed_attempts, self.config.retries,
+                            self._describe(), error)
+        return -1
+
     def _convert(self, frames: rs.composite_frame) -> CameraFrame | None:
         received_s = self.clock.now_s()
+        host_s = self._host_time_s() if self._host_time_s is not None else None
         if self._align is not None:
             frames = self._align.process(frames)
         color = frames.get_color_frame()
@@ -361,7 +350,10 @@ class RealSenseCamera(Camera):
         if not color or (self._depth_enabled and not depth):
             self.incomplete_framesets += 1  # the syncer may emit a lone stream at start-up; wait for a full set
             return None
-        metadata = {"timestamp_domain": color.get_frame_timestamp_domain().name}
+        domain = color.get_frame_timestamp_domain()
+        metadata: dict = {"timestamp_domain": domain.name}
+        if host_s is not None and domain == rs.timestamp_domain.global_time:
+            metadata["capture_to_host_s"] = host_s - color.get_timestamp() / _MM_PER_M
         depth_mm = None
         if depth:
             depth_mm = _depth_to_mm(np.asanyarray(depth.get_data()), depth.as_depth_frame().get_units())
@@ -389,32 +381,25 @@ class RealSenseCamera(Camera):
             self._stop.wait(_POLL_MS / _MM_PER_M)
 
     def _recover(self, attempt: int) -> None:
-        """Restart streaming after a stall: stop, hardware_reset where supported, wait for the device, start."""
+        """One restart: stop, hardware_reset where supported and wait for the device to leave and come back,
+        back off, start a fresh pipeline. Raises CameraError when the device is not back or will not start."""
         log.warning("no frame from %s for %.2f s: restart %d of %d", self._describe(), self.config.frame_timeout_s,
                     attempt, self.config.retries)
         with self._cond:
             self._stalled = True  # latest() must not hand out the stale frame as if it were fresh
-        device = self._profile.get_device()
+        device = self._profile.get_device() if self._profile is not None else None
         self._stop_pipeline()
-        try:
-            device.hardware_reset()
-            self._stop.wait(_RESET_SETTLE_S)  # the device drops off the bus before it re-enumerates
-        except RuntimeError as error:  # software devices do not implement it; a restart is all we can do
-            log.info("hardware_reset unavailable on %s: %s", self._describe(), error)
-        self._wait_for_device()
-        if not self._stop.is_set():
-            self.restarts += 1
-            self._start_pipeline()
-
-    def _wait_for_device(self) -> None:
-        deadline = time.monotonic() + _REENUMERATE_TIMEOUT_S
-        while not self._stop.is_set():
-            if any(serial == self.serial for serial, _ in connected_devices(self._source.context)):
+        if device is not None:
+            reset_and_wait_until_gone(device, self._source.context, self._stop)
+        if self._stop.wait(backoff_s(attempt)):
+            return
+        if not wait_until_listed(self._source.context, self.serial, self._stop):
+            if self._stop.is_set():
                 return
-            if time.monotonic() > deadline:
-                raise CameraError(f"{self._describe()} did not come back within {_REENUMERATE_TIMEOUT_S:.0f} s "
-                                  f"after a hardware reset. " + TROUBLESHOOTING)
-            self._stop.wait(0.2)
+            raise CameraError(f"{self._describe()} did not come back within {REENUMERATE_TIMEOUT_S:.0f} s after a "
+                              f"restart (it is not listed by librealsense)")
+        self._start_pipeline()
+        self.restarts += 1
 
 
 def _depth_to_mm(raw: np.ndarray, depth_units_m: float) -> np.ndarray:

@@ -6,7 +6,7 @@ One tick reads like the data flow::
     output      = agent.act(observation)        teleop device, scripted expert or policy
     sent        = robot.safety.filter(command)  workspace, limits, per-step limits, NaN
     arm.servo_joints(sent) / gripper.command     the arm's 125 Hz loop interpolates to it
-    subscriber.on_step(step)                    recorder, step log, video writer
+    subscriber.on_step(step)                    recorder, step log, video writer (+ the step's delays)
     clock.sleep_until(next tick)                late ticks are counted
 
 The first observation of an episode is a frame received after the episode began: a scene reset just
@@ -22,13 +22,14 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Protocol
 
 from robot.errors import CameraTimeoutError, RobotError
 from robot.interfaces import ArmState, CameraFrame, GripperState
+from robot.latency import step_timing
 from robot.safety import Command, SafeCommand, Watchdog
 
 log = logging.getLogger(__name__)
@@ -81,6 +82,8 @@ class Step:
     watchdog: str  # "ok" | "hold" | "stop"
     agent_info: dict
     late: bool
+    # capture -> observation -> command -> motion delays in s (robot/latency.py step_timing; NaN where unknown)
+    timing: Mapping[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -149,10 +152,13 @@ class ControlLoop:
                 late = clock.now_s() - tick_s > self.late_fraction * self.period_s
                 late_ticks += late
                 frame, arm_state, gripper_state = self.robot.observe_parts()
+                observed_s = clock.now_s()
                 observation = Observation(frame, arm_state, gripper_state, instruction, steps - 1, tick_s)
                 output = self._ask(agent, observation)
                 status, sent = self._apply(output, arm_state, watchdog)
-                step = Step(observation, sent, status, output.info, late)
+                timing = step_timing(frame, observed_s, clock.now_s() if sent is not None else math.nan,
+                                     getattr(self.robot, "latency", None))
+                step = Step(observation, sent, status, output.info, late, timing)
                 for subscriber in self.subscribers:
                     subscriber.on_step(step)
                 result = self._episode_end(output, status, steps, clock.now_s() - start_s, late_ticks, is_success)

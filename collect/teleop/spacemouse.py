@@ -14,6 +14,7 @@ import threading
 import numpy as np
 
 from collect.teleop.base import InputSource, InputState, TeleopUnavailableError, missing_library
+from robot.input_devices import HIDAPI_HINT, HIDRAW_UDEV_HINT, hidapi_library
 from robot.runtime import Event
 
 log = logging.getLogger(__name__)
@@ -40,9 +41,17 @@ def import_pyspacemouse():
     except ImportError as error:
         raise missing_library("SpaceMouse", "pyspacemouse", error) from None
     except OSError as error:  # its HID backend loads libhidapi at import
-        raise TeleopUnavailableError(f"pyspacemouse cannot load its HID library ({error}): install libhidapi "
-                                     f"(apt install libhidapi-hidraw0)") from None
+        raise TeleopUnavailableError(f"pyspacemouse cannot load its HID library ({error}): {HIDAPI_HINT}") from None
     return pyspacemouse
+
+
+def open_failure_message(error: BaseException) -> str:
+    """What to do when ``pyspacemouse.open()`` fails: its own message names neither the package nor the rule."""
+    text = str(error)
+    if "HID API" in text or hidapi_library() is None:  # easyhid could not find hid_enumerate in any hidapi library
+        return f"cannot open the SpaceMouse: {text}. The hidapi library is missing: {HIDAPI_HINT}"
+    return (f"cannot open the SpaceMouse: {text}. Check the USB connection, and that you may read and write its "
+            f"/dev/hidraw* node: {HIDRAW_UDEV_HINT}")
 
 
 class SpaceMouse(InputSource):
@@ -59,12 +68,11 @@ class SpaceMouse(InputSource):
         pyspacemouse = import_pyspacemouse()
         try:
             opened = pyspacemouse.open()
-        except Exception as error:  # permission on /dev/hidraw*, device busy
-            raise TeleopUnavailableError(f"cannot open the SpaceMouse: {error}. Check the USB connection and the "
-                                         f"udev rule giving you access to /dev/hidraw*") from None
+        except Exception as error:  # no hidapi library, permission on /dev/hidraw*, device busy
+            raise TeleopUnavailableError(open_failure_message(error)) from None
         if not opened:
-            raise TeleopUnavailableError("no SpaceMouse found: check that it is plugged in (`lsusb` lists "
-                                         "3Dconnexion) and that you may read /dev/hidraw* (udev rule)")
+            raise TeleopUnavailableError(f"no SpaceMouse found: check that it is plugged in (`lsusb` lists "
+                                         f"3Dconnexion) and that you may read /dev/hidraw*: {HIDRAW_UDEV_HINT}")
         self._device = pyspacemouse
         self._stop.clear()
         self._thread = threading.Thread(target=self._poll, args=(state,), name="fanvla-spacemouse", daemon=True)

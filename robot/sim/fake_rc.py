@@ -1,7 +1,9 @@
-"""The handle returned by the fake ``jkrc.RC(ip)``: JAKA's call names and tuple returns.
+"""The handle returned by the fake ``jkrc.RC(ip)``: JAKA's call names, arguments and tuple returns.
 
-Each call checks, in the controller's order: link up (-3), logged in (-1), then for motion e-stop
-(-5), protective stop (-20), power (-6), enable (-7). State lives in ``FakeController``.
+``RC`` holds the calls every SDK generation shares (JAKAZuRobot.h / jkrc.pyi signatures); the generations
+differ in robot/sim/fake_rc_versions.py. Each call checks, in the controller's order: link up (-3), logged
+in (-1), then for motion e-stop (-5), protective stop (-20), power (-6), enable (-7). Poses cross the SDK
+in the active user frame with the active tool. State lives in ``FakeController`` (robot/sim/fake_jkrc.py).
 """
 
 from __future__ import annotations
@@ -36,8 +38,14 @@ def _call(motion: bool = False, login: bool = True) -> Callable:
     return wrap
 
 
+def _floats(values) -> tuple[float, ...]:
+    return tuple(float(v) for v in values)
+
+
 class RC:
-    """One connection to the (fake) controller."""
+    """One connection to the (fake) controller; subclasses set the SDK generation."""
+
+    SDK_VERSION = "fanvla fake jkrc"
 
     def __init__(self, ip: str, controller: fk.FakeController) -> None:
         self.ip = ip
@@ -83,6 +91,10 @@ class RC:
         self._c._hold_here()
         return (fk.OK,)
 
+    @_call()
+    def get_sdk_version(self) -> tuple:
+        return (fk.OK, self.SDK_VERSION)
+
     # -- point-to-point motion ----------------------------------------------------------------------
     def joint_move(self, joint_pos, move_mode: int, is_block: bool, speed: float) -> tuple:
         result = self._start_joint_move(joint_pos, move_mode, speed)
@@ -97,11 +109,11 @@ class RC:
         if isinstance(q, tuple):
             return q
         if move_mode == fk.INCR:
-            q = c.twin.joint_target() + q
+            q = c.commanded + q
         elif move_mode != fk.ABS:
             return c._fail(fk.BAD_PARAMETER, f"joint_move: move_mode must be 0 (ABS) or 1 (INCR), got {move_mode}")
-        if not (math.isfinite(speed) and speed > 0):
-            return c._fail(fk.BAD_PARAMETER, f"joint_move: speed must be positive rad/s, got {speed}")
+        if not (isinstance(speed, int | float) and math.isfinite(speed) and speed > 0):
+            return c._fail(fk.BAD_PARAMETER, f"joint_move: speed must be positive rad/s, got {speed!r}")
         refused = c.limit_violation(q, "joint_move")
         if refused is not None:
             return refused
@@ -116,13 +128,14 @@ class RC:
         c = self._c
         if c.servo_mode:
             return c._fail(fk.CALL_FAILED, "linear_move: refused in servo mode (servo_move_enable(False) first)")
-        pose = np.asarray(end_pos, dtype=np.float64).reshape(-1)
-        if pose.shape != (6,) or not np.all(np.isfinite(pose)) or not speed > 0:
-            return c._fail(fk.BAD_PARAMETER, f"linear_move: expected 6 finite pose values and speed > 0, got "
-                                             f"{end_pos!r}, {speed!r}")
+        pose = c.numbers_arg(end_pos, 6, "linear_move", "pose values (mm, rad)")
+        if isinstance(pose, tuple):
+            return pose
+        if not (isinstance(speed, int | float) and math.isfinite(speed) and speed > 0):
+            return c._fail(fk.BAD_PARAMETER, f"linear_move: speed must be positive mm/s, got {speed!r}")
         if move_mode == fk.INCR:
-            pose = c.tcp_pose() + pose
-        refused = c.start_linear_move(pose, float(speed))
+            pose = c.tcp_pose(c.commanded) + pose
+        refused = c.start_linear_move(c.to_base_frame(pose), float(speed))
         return refused if refused is not None else (fk.OK,)
 
     def _finish_move(self, result: tuple, is_block: bool) -> tuple:
@@ -160,34 +173,51 @@ class RC:
         c.set_servo_mode(bool(enable))
         return (fk.OK,)
 
-    @_call(motion=True)
-    def servo_j(self, joint_pos, move_mode: int, step_num: int = 1) -> tuple:
+    @_call()
+    def is_in_servomove(self) -> tuple:
+        return (fk.OK, self._c.servo_mode)
+
+    def _servo_joints(self, name: str, joint_pos, move_mode: int, step_num) -> tuple:
         c = self._c
         if not c.servo_mode:
-            return c._fail(fk.NOT_SERVO, "servo_j: not in servo mode (servo_move_enable(True) first)")
-        q = c.joints_arg(joint_pos, "servo_j")
+            return c._fail(fk.NOT_SERVO, f"{name}: not in servo mode (servo_move_enable(True) first)")
+        q = c.joints_arg(joint_pos, name)
         if isinstance(q, tuple):
             return q
+        if not isinstance(step_num, int) or isinstance(step_num, bool) or step_num < 1:
+            return c._fail(fk.BAD_PARAMETER, f"{name}: step_num must be an integer >= 1, got {step_num!r}")
         if move_mode == fk.INCR:
             q = c.servo_base() + q
-        if int(step_num) < 1:
-            return c._fail(fk.BAD_PARAMETER, f"servo_j: step_num must be >= 1, got {step_num}")
-        refused = c.limit_violation(q, "servo_j")
-        return refused if refused is not None else c.servo_to(q, int(step_num), "servo_j")
+        elif move_mode != fk.ABS:
+            return c._fail(fk.BAD_PARAMETER, f"{name}: move_mode must be 0 (ABS) or 1 (INCR), got {move_mode}")
+        refused = c.limit_violation(q, name)
+        return refused if refused is not None else c.servo_to(q, step_num, name)
+
+    @_call(motion=True)
+    def servo_j(self, joint_pos, move_mode: int, step_num: int = 1) -> tuple:
+        return self._servo_joints("servo_j", joint_pos, move_mode, step_num)
+
+    @_call(motion=True)
+    def servo_j_extend(self, joint_pos, move_mode: int, step_num: int = 1) -> tuple:
+        return self._servo_joints("servo_j_extend", joint_pos, move_mode, step_num)
 
     @_call(motion=True)
     def servo_p(self, cartesian_pose, move_mode: int, step_num: int = 1) -> tuple:
         c = self._c
         if not c.servo_mode:
             return c._fail(fk.NOT_SERVO, "servo_p: not in servo mode (servo_move_enable(True) first)")
-        pose = np.asarray(cartesian_pose, dtype=np.float64).reshape(-1)
+        pose = c.numbers_arg(cartesian_pose, 6, "servo_p", "pose values (mm, rad)")
+        if isinstance(pose, tuple):
+            return pose
+        if not isinstance(step_num, int) or step_num < 1:
+            return c._fail(fk.BAD_PARAMETER, f"servo_p: step_num must be an integer >= 1, got {step_num!r}")
         if move_mode == fk.INCR:
-            pose = c.kinematics.forward(c.servo_base()) + pose
+            pose = c.tcp_pose(c.servo_base()) + pose
         try:
-            q = c.kinematics.inverse(pose, c.servo_base())
+            q = c.kinematics.inverse(c.to_base_frame(pose), c.servo_base())
         except (IKFailedError, ValueError) as error:
             return c._fail(fk.IK_FAILED, f"servo_p: {error}")
-        return c.servo_to(q, max(1, int(step_num)), "servo_p")
+        return c.servo_to(q, step_num, "servo_p")
 
     @_call()
     def servo_move_use_none_filter(self) -> tuple:
@@ -206,25 +236,17 @@ class RC:
     # -- state ---------------------------------------------------------------------------------------
     @_call()
     def get_joint_position(self) -> tuple:
-        return (fk.OK, tuple(float(q) for q in self._c.twin.joint_positions()))
+        """The controller's joint position: the command (hardware.md: may report the command)."""
+        return (fk.OK, _floats(self._c.commanded))
 
     @_call()
     def get_tcp_position(self) -> tuple:
-        return (fk.OK, tuple(float(v) for v in self._c.tcp_pose()))
+        return (fk.OK, _floats(self._c.tcp_pose(self._c.commanded)))
 
     @_call()
     def get_robot_state(self) -> tuple:
         c = self._c
         return (fk.OK, (int(c.estop), int(c.powered), int(c.enabled)))
-
-    @_call()
-    def get_robot_status(self) -> tuple:
-        """Reduced status: (errcode, inpos, powered_on, enabled, rapidrate, protective_stop, emergency_stop,
-        tcp_position, joint_position, on_soft_limit, servo_enabled)."""
-        c = self._c
-        return (fk.OK, (c.last_error[0], int(c.in_position()), int(c.powered), int(c.enabled), 1.0,
-                        int(c.twin.collision is not None), int(c.estop), tuple(c.tcp_pose()),
-                        tuple(c.twin.joint_positions()), int(self._on_limit()), int(c.servo_mode)))
 
     @_call()
     def is_in_collision(self) -> tuple:
@@ -267,8 +289,14 @@ class RC:
         return (fk.OK,)
 
     @_call()
+    def set_errorcode_file_path(self, path: str) -> tuple:
+        return self._c.set_error_code_file(str(path))
+
+    @_call()
     def get_last_error(self) -> tuple:
-        return (fk.OK, self._c.last_error)
+        """(0, (code, message)); empty until set_errorcode_file_path was called (JAKAZuRobot.h)."""
+        c = self._c
+        return (fk.OK, c.last_error if c.error_code_file is not None else (fk.OK, ""))
 
     @_call()
     def set_network_exception_handle(self, millisecond: float, mnt: int) -> tuple:
@@ -277,35 +305,45 @@ class RC:
         self._c.network_exception = (float(millisecond), int(mnt))
         return (fk.OK,)
 
-    # -- kinematics (with the active tool) ------------------------------------------------------------
+    # -- kinematics (with the active tool, in the active user frame) ----------------------------------
     @_call()
     def kine_inverse(self, ref_pos, cartesian_pose) -> tuple:
         c = self._c
+        seed = c.joints_arg(ref_pos, "kine_inverse")
+        pose = c.numbers_arg(cartesian_pose, 6, "kine_inverse", "pose values (mm, rad)")
+        for refused in (seed, pose):
+            if isinstance(refused, tuple):
+                return refused
         try:
-            pose, seed = np.asarray(cartesian_pose, dtype=np.float64), np.asarray(ref_pos, dtype=np.float64)
-            q = c.kinematics.inverse(pose, seed)
+            q = c.kinematics.inverse(c.to_base_frame(pose), seed)
         except (IKFailedError, ValueError) as error:
             return c._fail(fk.IK_FAILED, f"kine_inverse: {error}")
-        return (fk.OK, tuple(float(v) for v in q))
+        return (fk.OK, _floats(q))
 
     @_call()
     def kine_forward(self, joint_pos) -> tuple:
         q = self._c.joints_arg(joint_pos, "kine_forward")
         if isinstance(q, tuple):
             return q
-        return (fk.OK, tuple(float(v) for v in self._c.kinematics.forward(q)))
+        return (fk.OK, _floats(self._c.tcp_pose(q)))
 
-    # -- IO and tools -----------------------------------------------------------------------------------
+    # -- IO, tools, frames, payload -------------------------------------------------------------------
+    def _output_refused(self, name: str, iotype, index) -> tuple[int] | None:
+        if iotype not in fk.IO_TYPES or not isinstance(index, int) or not 0 <= index < fk.IO_OUTPUTS[iotype]:
+            count = fk.IO_OUTPUTS.get(iotype)
+            what = f"type {iotype} has outputs 0..{count - 1}" if count else "types are 0 cabinet, 1 tool, 2 extend"
+            return self._c._fail(fk.BAD_PARAMETER, f"{name}: no output type {iotype} index {index} ({what})")
+        return None
+
     @_call()
     def set_digital_output(self, iotype: int, index: int, value) -> tuple:
-        if iotype not in fk.IO_TYPES or not 0 <= int(index) < 64:
-            return self._c._fail(fk.BAD_PARAMETER, f"set_digital_output: no output type {iotype} index {index}")
-        self._c.set_gripper_output(int(iotype), int(index), bool(value))
-        return (fk.OK,)
+        refused = self._output_refused("set_digital_output", iotype, index)
+        return refused if refused is not None else self._c.set_output(int(iotype), int(index), bool(value))
 
     @_call()
     def get_digital_output(self, iotype: int, index: int) -> tuple:
-        return (fk.OK, int(self._c.outputs.get((int(iotype), int(index)), False)))
+        refused = self._output_refused("get_digital_output", iotype, index)
+        return refused if refused is not None else (fk.OK, int(self._c.outputs.get((iotype, index), False)))
 
     @_call()
     def set_tool_data(self, id: int, tcp, name: str) -> tuple:
@@ -313,13 +351,19 @@ class RC:
         if not 1 <= int(id) <= 10 or values.shape != (6,) or np.any(values[[0, 1, 3, 4, 5]] != 0):
             return self._c._fail(fk.BAD_PARAMETER, "set_tool_data: ids 1..10; this controller model supports "
                                                    f"tools offset along the flange z axis only, got {tcp!r}")
-        self._c.tools[int(id)] = tuple(float(v) for v in values)
+        refused = self._c.refuse_if_locked("set_tool_data")
+        if refused is not None:
+            return refused
+        self._c.tools[int(id)] = _floats(values)
         return (fk.OK,)
 
     @_call()
     def set_tool_id(self, id: int) -> tuple:
         if int(id) not in self._c.tools:
             return self._c._fail(fk.BAD_PARAMETER, f"set_tool_id: tool {id} is not defined (set_tool_data first)")
+        refused = self._c.refuse_if_locked("set_tool_id")
+        if refused is not None:
+            return refused
         self._c.use_tool(int(id))
         return (fk.OK,)
 
@@ -332,3 +376,36 @@ class RC:
         if int(id) not in self._c.tools:
             return self._c._fail(fk.BAD_PARAMETER, f"get_tool_data: tool {id} is not defined")
         return (fk.OK, self._c.tools[int(id)])
+
+    @_call()
+    def set_user_frame_id(self, id: int) -> tuple:
+        if int(id) not in self._c.user_frames:
+            return self._c._fail(fk.BAD_PARAMETER, f"set_user_frame_id: user frame {id} is not defined")
+        refused = self._c.refuse_if_locked("set_user_frame_id")
+        if refused is not None:
+            return refused
+        self._c.user_frame_id = int(id)
+        return (fk.OK,)
+
+    @_call()
+    def get_user_frame_id(self) -> tuple:
+        return (fk.OK, self._c.user_frame_id)
+
+    @_call()
+    def get_user_frame_data(self, id: int) -> tuple:
+        if int(id) not in self._c.user_frames:
+            return self._c._fail(fk.BAD_PARAMETER, f"get_user_frame_data: user frame {id} is not defined")
+        return (fk.OK, self._c.user_frames[int(id)])
+
+    @_call()
+    def set_payload(self, mass: float, centroid) -> tuple:
+        c = self._c
+        centre = c.numbers_arg(centroid, 3, "set_payload", "centre-of-mass coordinates (mm)")
+        if isinstance(centre, tuple):
+            return centre
+        refused = c.refuse_if_locked("set_payload")
+        return refused if refused is not None else c.set_payload(float(mass), _floats(centre))
+
+    @_call()
+    def get_payload(self) -> tuple:
+        return (fk.OK, self._c.payload)

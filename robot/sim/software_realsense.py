@@ -9,8 +9,10 @@ are dropped, as a real camera's are.
 
 ``start(clock, camera)`` renders and injects at the configured fps on the clock; on a simulated
 clock it also waits until the camera has received each frame, so a lock-step episode always sees
-the frame it should. ``record(path, frame_count)`` writes a recording with ``rs.recorder`` (a
-rosbag2 ``.db3`` in SDK 2.59) that ``RealSenseCamera(config, playback_path=path)`` plays back.
+the frame it should. Frames are stamped in the ``global_time`` domain, as a real D455 stamps them by
+default (librealsense maps its clock onto the host's), with the injecting clock as the host clock.
+``record(path, frame_count)`` writes a recording with ``rs.recorder`` (a rosbag2 ``.db3`` in SDK 2.59)
+that ``RealSenseCamera(config, playback_path=path)`` plays back.
 """
 
 from __future__ import annotations
@@ -36,6 +38,8 @@ FrameSource = Callable[[], tuple[np.ndarray, np.ndarray | None]]  # () -> (color
 DEFAULT_SERIAL = "SW0000000455"
 DEVICE_NAME = "Intel RealSense D455"
 DEPTH_UNITS_M = 0.001  # z16 values are millimetres, as on a D455 with default settings
+# A D455 reports global_time unless global time is switched off (rs.option.global_time_enabled).
+TIMESTAMP_DOMAIN = rs.timestamp_domain.global_time
 # The SDK (2.59) copies injected pixels, but older bindings kept a pointer to them: keep the last
 # few buffers alive so that either behaviour is safe.
 _KEEP_ALIVE_FRAMES = 8
@@ -169,7 +173,7 @@ class SoftwareRealSense:
                profile: rs.video_stream_profile) -> rs.software_video_frame:
         frame = rs.software_video_frame()  # a fresh object every time: the SDK takes ownership of its contents
         frame.pixels, frame.bpp, frame.stride = pixels, bpp, pixels.shape[1] * bpp
-        frame.timestamp, frame.domain, frame.frame_number = timestamp_ms, rs.timestamp_domain.hardware_clock, number
+        frame.timestamp, frame.domain, frame.frame_number = timestamp_ms, TIMESTAMP_DOMAIN, number
         frame.profile = profile
         if bpp == 2:
             frame.depth_units = DEPTH_UNITS_M
@@ -183,9 +187,10 @@ class SoftwareRealSense:
         """A RealSenseCamera (not yet connected) streaming from this device through the ordinary pipeline.
 
         It drops no warm-up frames: rendered frames need no auto-exposure to settle, and in lock-step
-        every injected frame must reach the camera.
+        every injected frame must reach the camera. Its host clock is ``clock``, the one ``start`` stamps with.
         """
-        return RealSenseCamera(self.config, clock, context=self.context, warmup_frames=0)
+        clock = clock or RealClock()
+        return RealSenseCamera(self.config, clock, context=self.context, warmup_frames=0, host_time_s=clock.now_s)
 
     # -- running on a clock ---------------------------------------------------------------------------
     def start(self, clock: Clock, camera: FrameWaiter | None = None) -> PeriodicTask:

@@ -4,9 +4,10 @@ The twin is the *plant*. The controller logic (power, servo mode, error codes) l
 ``jkrc`` module (robot/sim/fake_jkrc.py), which stands where JAKA's controller does and drives the
 twin through joint targets and the gripper output, exactly as ``JakaArm`` drives the real robot.
 
-Time: in lock-step mode ``twin.clock`` is a ``SimClock`` whose sleeps step the physics one servo
-cycle (8 ms) at a time; in realtime mode it is a ``RealClock`` and a physics thread steps one cycle
-every 8 ms of wall time. One lock serialises physics steps, state reads and render updates.
+Time: in lock-step mode ``twin.clock`` is a ``SimClock`` whose sleeps step the physics one controller
+cycle (JAKA's 8 ms, whatever ``robot.servo_rate_hz`` is) at a time; in realtime mode it is a ``RealClock``
+and a physics thread steps one cycle every 8 ms of wall time. One lock serialises physics steps, state
+reads and render updates.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from dataclasses import dataclass, field
 import mujoco
 import numpy as np
 
+from fanvla.config import CONTROLLER_CYCLE_S
 from robot.clock import Clock, RealClock
 from robot.frames import matrix_to_rpy
 from robot.interfaces import Intrinsics
@@ -81,11 +83,11 @@ class Twin:
         self.model = sim_model.build_model(config)
         self.data = mujoco.MjData(self.model)
         self.kinematics = MiniCoboKinematics.from_config(config)
-        self.cycle_s = config.robot.servo_period_s
+        self.cycle_s = CONTROLLER_CYCLE_S
         self.substeps = round(self.cycle_s / self.model.opt.timestep)
         if abs(self.substeps * self.model.opt.timestep - self.cycle_s) > 1e-9:
-            raise ValueError(f"sim.physics_dt_s = {self.model.opt.timestep} must divide the servo period "
-                             f"{self.cycle_s} s (1 / robot.servo_rate_hz)")
+            raise ValueError(f"sim.physics_dt_s = {self.model.opt.timestep} must divide the controller cycle "
+                             f"{self.cycle_s} s")
         self.lock = threading.RLock()
         self._sampler = SceneSampler(config)
         self._rng_seed = seed
@@ -135,7 +137,7 @@ class Twin:
 
     # -- hooks for the controller (fake_jkrc) ------------------------------------------------------
     def add_cycle_hook(self, fn: Callable[[], None]) -> None:
-        """``fn()`` runs at the start of every servo cycle, under the lock (the controller's tick)."""
+        """``fn()`` runs at the start of every controller cycle, under the lock (the controller's tick)."""
         self._cycle_hooks.append(fn)
 
     def add_reset_hook(self, fn: Callable[[], None]) -> None:
@@ -144,7 +146,7 @@ class Twin:
 
     # -- stepping ---------------------------------------------------------------------------------
     def step_cycle(self) -> None:
-        """One servo cycle: controller tick, then physics with the joint target ramped over the cycle."""
+        """One controller cycle: controller tick, then physics with the joint target ramped over the cycle."""
         with self.lock:
             for hook in self._cycle_hooks:
                 hook()

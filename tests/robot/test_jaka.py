@@ -25,8 +25,16 @@ def sdk(twin):
 
 
 @pytest.fixture
-def arm(hardware_config, twin, sdk):
-    arm = JakaArm(hardware_config, sdk=sdk, clock=twin.clock)
+def lab_config(hardware_config, tmp_path):
+    """hardware.yaml with JAKA's error-code file set, so that errors carry the controller's own words."""
+    path = tmp_path / "jaka_error_codes.csv"
+    path.write_text("code,message\n")
+    return hardware_config.with_overrides({"robot.error_code_file": str(path)})
+
+
+@pytest.fixture
+def arm(lab_config, twin, sdk):
+    arm = JakaArm(lab_config, sdk=sdk, clock=twin.clock)
     arm.connect()
     yield arm
     if arm.connected:
@@ -49,7 +57,7 @@ def test_connect_logs_in_powers_enables_and_configures(hardware_config, twin, sd
         arm.state()
 
 
-def test_calls_before_login_and_without_power_map_to_typed_errors(hardware_config, twin, sdk):
+def test_calls_before_login_and_without_power_map_to_typed_errors(hardware_config, twin, sdk, tmp_path):
     arm = JakaArm(hardware_config, sdk=sdk, clock=twin.clock)
     arm._rc = sdk.RC(hardware_config.robot.ip)  # a handle that never logged in
     with pytest.raises(errors.BadHandleError, match=r"jkrc.power_on returned -1 \(invalid handle"):
@@ -58,7 +66,14 @@ def test_calls_before_login_and_without_power_map_to_typed_errors(hardware_confi
     with pytest.raises(errors.NotPoweredError, match=r"jkrc\.enable_robot returned -6") as info:
         arm.sdk_call("enable_robot")
     assert info.value.code == -6 and info.value.call == "enable_robot"
-    assert "power the robot on first" in str(info.value)  # the controller's own words
+    assert "controller says" not in str(info.value)  # get_last_error is empty without the error-code file
+    with pytest.raises(errors.ControllerFileError, match=r"returned -11 \(cannot open the file"):
+        arm.sdk_call("set_errorcode_file_path", str(tmp_path / "missing.csv"))
+    (tmp_path / "errors.csv").write_text("code,message\n")
+    arm.sdk_call("set_errorcode_file_path", str(tmp_path / "errors.csv"))
+    with pytest.raises(errors.NotPoweredError) as info:
+        arm.sdk_call("enable_robot")
+    assert "controller says 'enable_robot: power the robot on first'" in str(info.value)  # the controller's words
     arm.sdk_call("power_on")
     with pytest.raises(errors.NotEnabledError, match="-7"):
         arm.sdk_call("servo_move_enable", True)
@@ -103,7 +118,7 @@ def test_driving_into_the_table_is_a_latched_protective_stop(arm, twin):
 
 def test_soft_limits_are_refused_locally_and_by_the_controller(arm, hardware_config):
     beyond = np.asarray(hardware_config.robot.home_joints_rad)
-    beyond[2] = math.radians(135.0)  # J3 limit is 130 deg
+    beyond[2] = math.radians(135.0)  # J3 limit is 125 deg
     with pytest.raises(errors.SoftLimitError, match=r"joint 3 target 135.0 deg lies outside"):
         arm.move_joints(beyond, 0.5)
     with pytest.raises(errors.SoftLimitError, match=r"jkrc.joint_move returned -22 \(soft limit\)") as info:
@@ -171,7 +186,7 @@ def test_cleanup_failure_never_replaces_the_original_exception(hardware_config, 
 
 
 def _servo_log_steps(sdk, kinematics):
-    joints = np.array([entry[2] for entry in sdk.controller.servo_log])
+    joints = np.array([entry.joints for entry in sdk.controller.servo_log])
     tcp = kinematics.forward(joints)[:, :3]
     return np.abs(np.diff(joints, axis=0)), np.linalg.norm(np.diff(tcp, axis=0), axis=1)
 
@@ -199,9 +214,10 @@ def test_servo_target_is_reached_on_time(arm, sdk):
     arm.servo_tcp(goal, reach_in_s=0.4)
     sdk.controller.servo_log.clear()
     arm.clock.sleep(0.6)
-    log = sdk.controller.servo_log  # (controller time, wall time, joints); the first entry is the tick at t0
-    arrived = [t for t, _, q in log if np.linalg.norm(arm.kinematics.forward(np.array(q))[:3] - goal[:3]) < 0.01]
-    assert arrived and arrived[0] - log[0][0] == pytest.approx(0.4, abs=0.02)
+    log = sdk.controller.servo_log  # the first entry is the tick at t0
+    arrived = [entry.time_s for entry in log
+               if np.linalg.norm(arm.kinematics.forward(np.array(entry.joints))[:3] - goal[:3]) < 0.01]
+    assert arrived and arrived[0] - log[0].time_s == pytest.approx(0.4, abs=0.02)
     arm.hold()
     arm.clock.sleep(0.1)
     np.testing.assert_allclose(arm.state().tcp_pose[:3], goal[:3], atol=0.05)
