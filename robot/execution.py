@@ -157,7 +157,7 @@ class Execution(ABC):
         return {"exec_answer_latency_s": answer.latency_s, "exec_injected_latency_s": answer.injected_s}
 
     def _applied(self, answer: Answer, observation: Observation, step: RelativeStep | None, index: int,
-                 info: dict[str, Any], first_use: bool = True) -> AgentOutput:
+                 info: dict[str, Any], first_use: bool = True, blended: bool = False) -> AgentOutput:
         """The output for this tick: ``step`` (number ``index`` of ``answer``'s commands) from the measured state,
         unless it is overdue: step i was planned for the answer's observation time + i periods. The answer's own
         info (latencies, ...) and events go with its first use only."""
@@ -174,7 +174,7 @@ class Execution(ABC):
             return AgentOutput(None, events, info)
         if age - index * self.period_s > self.max_action_age_s + _EPS_S:
             return AgentOutput(None, events, {**info, "stale": True})  # dropped, and never used later
-        if answer.observation.step == observation.step and index == 0:
+        if answer.observation.step == observation.step and index == 0 and not blended:
             return AgentOutput(answer.output.command, events, info)  # planned from this very state
         return AgentOutput(step.command_from(observation.arm), events, info)
 
@@ -319,7 +319,8 @@ class ChunkExecution(_Overlapped):
         index = chunk.next_index
         chunk.next_index += 1
         first_use, chunk.used = not chunk.used, True
-        output = self._applied(chunk.answer, observation, self._blend(chunk.steps[index]), index, info, first_use)
+        step = self._blend(chunk.steps[index])
+        output = self._applied(chunk.answer, observation, step, index, info, first_use, step is not chunk.steps[index])
         if output.command is None:  # overdue: the rest of the chunk is at least as late
             self._chunk = None
         else:

@@ -37,11 +37,12 @@ def robot(hardware_config):
         yield robot
 
 
-def run(robot, agent, mode, latency_ms: float = 0.0, duration_s: float = 3.0, max_age_s: float | None = None):
+def run(robot, agent, mode, latency_ms: float = 0.0, duration_s: float = 3.0, max_age_s: float | None = None,
+        blend_steps: int = 0):
     robot.twin.reset_scene(robot.scene)
     keeper = Keeper()
     safety = robot.config.safety
-    execution = ExecutionConfig(mode, LatencySpec(latency_ms), max_age_s)
+    execution = ExecutionConfig(mode, LatencySpec(latency_ms), max_age_s, chunk_blend_steps=blend_steps)
     loop = ControlLoop(robot, 1.0 / PERIOD_S, safety.watchdog_hold_s, safety.watchdog_stop_s, [keeper],
                        execution=execution)
     result = loop.run_episode(agent, "move along x", max_duration_s=duration_s)
@@ -111,6 +112,38 @@ def test_chunk_runs_steps_open_loop_and_switches_chunks_where_the_arm_is(robot):
     # Each request says which step of which chunk runs as its observation is taken.
     progress = [o.plan_progress for o in agent.asked]
     assert progress[0] is None and all(p is not None for p in progress[1:])
+
+
+class GrowingSteps:
+    """Chunks of 6 equal x steps; the n-th answer's steps are n + 1 mm long."""
+
+    def reset(self, instruction: str) -> None:
+        self.answers = 0
+
+    def act(self, observation) -> AgentOutput:
+        self.answers += 1
+        pose, step_mm = observation.arm.tcp_pose, float(self.answers)
+        commands = [Command.to_pose(pose + np.array([step_mm * (k + 1), 0, 0, 0, 0, 0]), 1.0) for k in range(6)]
+        return AgentOutput(commands[0], info={"step_mm": step_mm}, plan=tuple(commands[1:]))
+
+
+def test_a_new_chunk_can_be_cross_faded_into_the_old_one(robot):
+    _, keeper = run(robot, GrowingSteps(), ExecutionMode.CHUNK, latency_ms=LATENCY_S * 1000, blend_steps=2)
+    sent = sent_steps(keeper)
+    moves = [float(s.sent.tcp_pose[0] - s.observation.arm.tcp_pose[0]) for s in sent]
+    sources = [s.agent_info["exec_source_step"] for s in sent]
+    size = {s.agent_info["exec_source_step"]: s.agent_info["step_mm"] for s in sent if "step_mm" in s.agent_info}
+    switches = [i for i in range(1, len(sent) - 1) if sources[i] != sources[i - 1] and sources[i + 1] == sources[i]]
+    assert len(switches) >= 3
+    for i in switches:  # 1/3 and 2/3 of the new chunk's step over the first two steps after a switch ...
+        old, new = size[sources[i - 1]], size[sources[i]]
+        assert moves[i] == pytest.approx(old + (new - old) / 3, abs=1e-3)
+        assert moves[i + 1] == pytest.approx(old + 2 * (new - old) / 3, abs=1e-3) or \
+            moves[i + 1] == pytest.approx(new, abs=1e-3)  # ... while the old chunk has steps left
+    assert any(moves[i + 1] == pytest.approx(size[sources[i - 1]] + 2 * (size[sources[i]] - size[sources[i - 1]]) / 3,
+                                             abs=1e-3) for i in switches)
+    unblended = [i for i in range(2, len(sent)) if sources[i] == sources[i - 1] == sources[i - 2]]
+    assert unblended and all(moves[i] == pytest.approx(size[sources[i]], abs=1e-3) for i in unblended)
 
 
 @pytest.mark.parametrize("mode", MODES)
