@@ -12,10 +12,10 @@ folder (run in this process, ``--threads`` torch threads) or the URL of a ``fanv
 a policy that predicts chunks: the scripted expert plans them (``--chunk-steps``); a checkpoint of single actions
 gets "n/a".
 
-Prints, per policy, the success table (successes / trials) and a diagnostics table (per trial on average: held
-ticks, stale answers, answer latency p50, late loop ticks, and the real-time twin's late physics cycles: the twin
-itself falling behind, i.e. CPU contention; plus the load average while the cell ran). Writes ``table.md`` and
-``table.json`` into ``--out``. Real-time numbers depend on the machine: measure on a quiet one.
+Prints, per policy, the success table (successes / trials) and a diagnostics table (per trial on average: seconds
+to success, held ticks, stale answers, answer latency p50, late loop ticks, and the real-time twin's late physics
+cycles: the twin itself falling behind, i.e. CPU contention; plus the load average while the cell ran). Writes
+``table.md`` and ``table.json`` into ``--out``. Real-time numbers depend on the machine: measure on a quiet one.
 
 ``--clock lockstep`` runs the same cells in the lock-step twin, where the injected latency is simulated time
 (robot/answers.py): no compute time counts, nothing depends on the machine's load, and a cell repeats exactly.
@@ -66,7 +66,8 @@ def predicts_chunks(spec: str, args: argparse.Namespace) -> bool:
         policy.close()
 
 
-def run_cell(config, args, spec: str, run_dir: Path, execution: ExecutionConfig | None, realtime: bool) -> dict:
+def run_cell(config, args, spec: str, run_dir: Path, execution: ExecutionConfig | None, realtime: bool,
+             previous: dict) -> dict:
     """One ``fanvla eval run`` into ``run_dir`` (resumed if it exists); its summary."""
     tasks = resolve_tasks(args.task, config.scene, None)
     options = RunOptions("sim", spec, tasks, args.trials, args.seed, run_dir, token_file=args.token_file,
@@ -74,19 +75,32 @@ def run_cell(config, args, spec: str, run_dir: Path, execution: ExecutionConfig 
                          execution=execution, chunk_steps=args.chunk_steps)
     load_before = os.getloadavg()[0]
     started = time.monotonic()
+    ran = []
 
     def on_trial(report) -> None:
         record = report.record
+        ran.append(record["trial"])
         print(f"  [{report.done}/{report.total}] trial {record['trial']:02d}: "
               f"{'SUCCESS' if record['success'] else 'failure'} ({record['episode']['status']}, "
               f"{record['episode']['steps']} steps, {record['summary'].get('held_steps')} held, "
               f"{record['episode']['late_ticks']} late)", flush=True)
 
     run_evaluation(config, options, on_trial)
+    if not ran:  # scored before: keep the load and time of the run that measured it
+        return {**summarize(run_dir, args.task, None, None), **previous_timing(previous, run_dir)}
     return summarize(run_dir, args.task, (load_before + os.getloadavg()[0]) / 2, time.monotonic() - started)
 
 
-def summarize(run_dir: Path, task: str, load: float, wall_s: float) -> dict:
+def previous_timing(previous: dict, run_dir: Path) -> dict:
+    """The load and time recorded when ``run_dir`` was measured (an earlier invocation's table.json)."""
+    for cells in previous.values():
+        for cell in cells.values():
+            if cell.get("run_dir") == str(run_dir) and cell.get("load_average") is not None:
+                return {"load_average": cell["load_average"], "wall_s": cell["wall_s"]}
+    return {}
+
+
+def summarize(run_dir: Path, task: str, load: float | None, wall_s: float | None) -> dict:
     records = RunStore.read(run_dir).records(task)
 
     def mean(values) -> float | None:
@@ -101,8 +115,10 @@ def summarize(run_dir: Path, task: str, load: float, wall_s: float) -> dict:
             "answer_latency_p50_ms": mean(1000 * r["summary"]["answer_latency_p50_s"] for r in records
                                           if r["summary"].get("answer_latency_p50_s") is not None),
             "late_ticks": mean(r["episode"]["late_ticks"] for r in records),
+            "success_duration_s": mean(r["episode"]["duration_s"] for r in records if r["success"]),
             "physics_late_percent": 100.0 * late_cycles / cycles if cycles else None,
-            "load_average": round(load, 2), "wall_s": round(wall_s, 1), "run_dir": str(run_dir)}
+            "load_average": None if load is None else round(load, 2),
+            "wall_s": None if wall_s is None else round(wall_s, 1), "run_dir": str(run_dir)}
 
 
 def fmt(value, pattern: str = "{:.1f}") -> str:
@@ -119,15 +135,16 @@ def tables(label: str, cells: dict, modes: list[str], latencies: list[float], tw
         row = [cells.get(f"{mode}/{latency:g}") for latency in latencies]
         lines.append(f"| {mode} | " + " | ".join("n/a" if c is None else f"{c['successes']}/{c['trials']}"
                                                  for c in row) + " |")
-    lines += ["", "Per trial on average: held ticks / stale answers / answer latency p50 (ms) / late loop ticks / "
-              "late physics cycles (%) / load average.", "",
+    lines += ["", "Per trial on average: seconds to success / held ticks / stale answers / answer latency p50 (ms) / "
+              "late loop ticks / late physics cycles (%) / load average.", "",
               f"| {twin} | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
     for mode in modes:
         row = [cells.get(f"{mode}/{latency:g}") for latency in latencies]
         lines.append(f"| {mode} | " + " | ".join(
-            "n/a" if c is None else f"{fmt(c['held_ticks'])} / {fmt(c['stale_answers'])} / "
+            "n/a" if c is None else f"{fmt(c['success_duration_s'])} / {fmt(c['held_ticks'])} / "
+            f"{fmt(c['stale_answers'])} / "
             f"{fmt(c['answer_latency_p50_ms'], '{:.0f}')} / {fmt(c['late_ticks'])} / "
-            f"{fmt(c['physics_late_percent'])} / {c['load_average']:.1f}" for c in row) + " |")
+            f"{fmt(c['physics_late_percent'])} / {fmt(c['load_average'])}" for c in row) + " |")
     return [*lines, ""]
 
 
@@ -159,6 +176,7 @@ def main() -> None:
     modes = [ExecutionMode(text.strip()).value for text in args.modes.split(",")]
     max_age_s = args.max_action_age_ms / 1000.0 if args.max_action_age_ms else None
     out = Path(args.out)
+    previous = json.loads((out / "table.json").read_text()) if (out / "table.json").is_file() else {}
     results: dict[str, dict] = {}
     markdown = [f"Measured {time.strftime('%Y-%m-%d %H:%M')} on {os.cpu_count()} CPUs; seed {args.seed}, "
                 f"{args.trials} trials per cell.", ""]
@@ -167,7 +185,7 @@ def main() -> None:
         chunks = predicts_chunks(spec, args)
         cells: dict[str, dict] = {}
         print(f"== {label}: lock-step reference", flush=True)
-        cells[LOCK_STEP] = run_cell(config, args, spec, out / label / LOCK_STEP, None, realtime=False)
+        cells[LOCK_STEP] = run_cell(config, args, spec, out / label / LOCK_STEP, None, False, previous)
         for mode in modes:
             if mode == ExecutionMode.CHUNK and not chunks:
                 print(f"== {label}: chunk execution n/a (the policy predicts single actions)", flush=True)
@@ -176,7 +194,7 @@ def main() -> None:
                 print(f"== {label}: {twin}, {mode}, +{latency:g} ms", flush=True)
                 execution = ExecutionConfig(ExecutionMode(mode), LatencySpec(latency), max_age_s)
                 cell_dir = out / label / f"{mode}-{latency:g}ms{'' if realtime else '-lockstep'}"
-                cells[f"{mode}/{latency:g}"] = run_cell(config, args, spec, cell_dir, execution, realtime)
+                cells[f"{mode}/{latency:g}"] = run_cell(config, args, spec, cell_dir, execution, realtime, previous)
         results[label] = cells
         markdown += tables(label, cells, modes, latencies, twin)
         text = "\n".join(markdown)
