@@ -50,7 +50,8 @@ LOCK_STEP = "lock-step"
 def policy_label(spec: str) -> str:
     if spec in BASELINES or spec.startswith(("http://", "https://")):
         return spec.replace("://", "_").replace("/", "_").replace(":", "_")
-    return Path(spec).resolve().name if Path(spec).name in ("final", "") else Path(spec).name
+    path = Path(spec).resolve()
+    return path.parent.name if path.name == "final" else path.name  # train-sft/final -> train-sft
 
 
 def predicts_chunks(spec: str, args: argparse.Namespace) -> bool:
