@@ -98,8 +98,9 @@ def add_execution_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-action-age-ms", type=float, default=None,
                         help="an answer older than this when it would move the arm is dropped (default: "
                              "safety.watchdog_hold_s)")
-    parser.add_argument("--chunk-steps", type=int, default=8,
-                        help="chunk execution: steps the scripted expert plans ahead (default 8)")
+    parser.add_argument("--chunk-steps", type=int, default=None,
+                        help="chunk execution: steps the scripted expert plans ahead (default 8: "
+                             "eval_protocols.policies.DEFAULT_EXPERT_CHUNK_STEPS)")
 
 
 def execution_from_args(args: argparse.Namespace, backend: str):
@@ -142,7 +143,7 @@ def _run(args: argparse.Namespace) -> int:
                          calibration=Path(args.calibration) if args.calibration else None, token_file=args.token_file,
                          unnorm_key=args.unnorm_key, device=args.device, threads=args.threads,
                          overrides=parse_overrides(args.overrides), execution=execution_from_args(args, args.backend),
-                         chunk_steps=args.chunk_steps)
+                         **({"chunk_steps": args.chunk_steps} if args.chunk_steps is not None else {}))
     execution = options.resolved_execution()
     print(f"execution: {execution.mode.value}, injected policy latency {execution.latency} ms", flush=True)
 
