@@ -85,7 +85,42 @@ def _add_run(commands: argparse._SubParsersAction) -> None:
                      help="weights of a checkpoint folder: auto = the checkpoint's own (docs/policy.md)")
     run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                      help="hardware.yaml override for this run, e.g. --set camera.color.fps=30 (repeatable)")
+    add_execution_arguments(run)
     run.set_defaults(func=_run)
+
+
+def add_execution_arguments(parser: argparse.ArgumentParser) -> None:
+    """--execution, --policy-latency-ms, --max-action-age-ms, --chunk-steps (robot/execution.py)."""
+    parser.add_argument("--execution", choices=("sync", "async", "chunk"), default=None,
+                        help="how slow answers reach the arm: sync (wait for each answer, the arm holds), async (ask "
+                             "while the arm executes the last answer), chunk (run action chunks open loop); default "
+                             "sync in the twin, async at the robot (docs/evaluation.md, 'Latency')")
+    parser.add_argument("--policy-latency-ms", default="0", metavar="N|N+-M",
+                        help="add N ms (or uniformly N-M..N+M ms) before every answer of the policy, any kind: a "
+                             "rehearsal of a slow policy, e.g. 150+-30 (default 0)")
+    parser.add_argument("--max-action-age-ms", type=float, default=None,
+                        help="an answer older than this when it would move the arm is dropped (default: "
+                             "safety.watchdog_hold_s)")
+    parser.add_argument("--chunk-steps", type=int, default=None,
+                        help="chunk execution: steps the scripted expert plans ahead (default 8: "
+                             "eval_protocols.policies.DEFAULT_EXPERT_CHUNK_STEPS)")
+
+
+def execution_from_args(args: argparse.Namespace, backend: str):
+    """The ``ExecutionConfig`` of the execution arguments (None: the backend's default mode, nothing injected)."""
+    from robot.execution import ExecutionConfig, ExecutionMode
+    from robot.injected_latency import LatencySpec
+
+    latency = LatencySpec.parse(args.policy_latency_ms)
+    if args.max_action_age_ms is not None and not args.max_action_age_ms > 0:
+        raise ValueError(f"--max-action-age-ms must be > 0, got {args.max_action_age_ms:g}")
+    if args.execution is None and not latency.enabled and args.max_action_age_ms is None:
+        return None
+    from eval_protocols.launch import DEFAULT_EXECUTION
+
+    mode = ExecutionMode(args.execution) if args.execution else DEFAULT_EXECUTION[backend]
+    max_age_s = args.max_action_age_ms / 1000.0 if args.max_action_age_ms is not None else None
+    return ExecutionConfig(mode, latency, max_age_s)
 
 
 def parse_overrides(items: list[str]) -> dict[str, Any]:
@@ -110,13 +145,18 @@ def _run(args: argparse.Namespace) -> int:
                          console=args.console or args.backend == "real", console_port=args.console_port,
                          calibration=Path(args.calibration) if args.calibration else None, token_file=args.token_file,
                          unnorm_key=args.unnorm_key, device=args.device, threads=args.threads, dtype=args.dtype,
-                         overrides=parse_overrides(args.overrides))
+                         overrides=parse_overrides(args.overrides), execution=execution_from_args(args, args.backend),
+                         **({"chunk_steps": args.chunk_steps} if args.chunk_steps is not None else {}))
+    execution = options.resolved_execution()
+    print(f"execution: {execution.mode.value}, injected policy latency {execution.latency} ms", flush=True)
 
     def on_trial(report) -> None:
         record = report.record
         verdict = "SUCCESS" if record["success"] else "failure"
+        summary = record.get("summary") or {}
         print(f"[{report.done}/{report.total}] {record['task']} trial {record['trial']:02d} ({record['object']}): "
               f"{verdict} - {record['note'] or record['episode']['reason']} ({record['episode']['steps']} steps, "
+              f"{summary.get('held_steps', 0)} held, {record['episode']['late_ticks']} late, "
               f"{record['wall_s']:.1f} s)", flush=True)
 
     progress = run_evaluation(config, options, on_trial,

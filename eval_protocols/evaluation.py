@@ -115,12 +115,14 @@ class Evaluation:
         video = TrialVideo(directory / VIDEO, self.robot.config.recording.rate_hz, f"{task.name} #{trial.index:02d}")
         meta = {"task": task.name, "trial": trial.index, "seed": trial.seed, "object": trial.object_name,
                 "scene": trial.scene.to_dict(), "policy": self.policy.identity.get("id")}
+        physics_before = self._physics_timing()
         with EpisodeStore.create(directory / STEP_LOG, self.schema) as step_log:
             runner = self.policy.runner(self.robot, step_log, [video, *self.judge.subscribers()], trial.seed)
             try:
                 result = runner.run_episode(trial.instruction, task.max_duration_s, self.judge.is_success(), meta)
             finally:
                 video.abandon()  # no-op after a normal end (the video is in place); removes a partial one
+        twin_timing = self._twin_timing(physics_before)
         self._check_same_policy(result.checkpoint_id)
         verdict = self.judge.score(trial, result.episode)
         episode = result.episode
@@ -130,6 +132,7 @@ class Evaluation:
             "episode": {"status": episode.status.value, "reason": episode.reason, "steps": episode.steps,
                         "duration_s": round(episode.duration_s, 3), "late_ticks": episode.late_ticks},
             "policy_id": result.checkpoint_id, "summary": result.summary, "scene": trial.scene.to_dict(),
+            **({"twin_timing": twin_timing} if twin_timing else {}),
             "details": verdict.details,
             "video": str((directory / VIDEO).relative_to(self.store.run_dir)) if (directory / VIDEO).exists() else None,
             "step_log": str((directory / STEP_LOG).relative_to(self.store.run_dir)), "log_index": result.log_index,
@@ -140,6 +143,19 @@ class Evaluation:
                  "SUCCESS" if verdict.success else "failure", verdict.note or verdict.scored_by, episode.status.value,
                  episode.steps)
         return record
+
+    def _physics_timing(self):
+        twin = getattr(self.robot, "twin", None)
+        return twin.physics_timing() if twin is not None else None
+
+    def _twin_timing(self, before) -> dict[str, Any] | None:
+        """The real-time twin's physics thread during the trial: cycles run and cycles that started late (the
+        twin, not the policy, falling behind: CPU contention)."""
+        after = self._physics_timing()
+        if before is None or after is None:
+            return None
+        return {"physics_cycles": after.ticks - before.ticks,
+                "physics_late_cycles": after.late_ticks - before.late_ticks}
 
     def _check_same_policy(self, checkpoint_id: str) -> None:
         expected = self.policy.identity.get("id")

@@ -15,15 +15,21 @@ from pathlib import Path
 from typing import Any
 
 from eval_protocols.evaluation import Evaluation, TrialReport, sim_eval_overrides
-from eval_protocols.policies import open_policy
+from eval_protocols.policies import DEFAULT_EXPERT_CHUNK_STEPS, open_policy
 from eval_protocols.results import RunIdentity, RunStore
 from eval_protocols.task_spec import TaskSpec
 from fanvla import __version__
 from fanvla.config import HardwareConfig, config_snapshot
+from robot.execution import ExecutionConfig, ExecutionMode
 
 log = logging.getLogger(__name__)
 
 CONSOLE_LINGER_S = 2.0  # the console stays up this long after the last score, so the page can say "finished"
+# The execution mode when --execution is not given. In the twin: sync, which in lock-step is the loop every earlier
+# run used. At the robot: the mode that did best at 7B latency in the real-time twin (docs/evaluation.md,
+# "Latency"): async keeps a command per answer (one per 200 ms at 200 ms) where sync adds a period of holding to
+# every answer; chunk needs a chunk-predicting policy (OpenVLA-OFT).
+DEFAULT_EXECUTION = {"sim": ExecutionMode.SYNC, "real": ExecutionMode.ASYNC}
 
 
 @dataclass
@@ -43,6 +49,11 @@ class RunOptions:
     threads: int | None = None  # torch intra-op threads for a checkpoint folder (None: torch's choice)
     dtype: str = "auto"  # weights of a checkpoint folder (policy.precision)
     overrides: dict[str, Any] = field(default_factory=dict)  # hardware.yaml dotted-key overrides
+    execution: ExecutionConfig | None = None  # None: DEFAULT_EXECUTION[backend], no injected latency
+    chunk_steps: int = DEFAULT_EXPERT_CHUNK_STEPS  # the scripted expert's plan in chunk execution
+
+    def resolved_execution(self) -> ExecutionConfig:
+        return self.execution or ExecutionConfig(DEFAULT_EXECUTION[self.backend])
 
 
 def evaluation_config(config: HardwareConfig, backend: str, overrides: dict[str, Any]) -> HardwareConfig:
@@ -61,11 +72,13 @@ def run_evaluation(config: HardwareConfig, options: RunOptions,
         raise ValueError(f"--trials must be >= 1, got {options.trials}")
     config = evaluation_config(config, options.backend, options.overrides)
     with ExitStack() as stack:
+        execution = options.resolved_execution()
         policy = open_policy(options.policy, options.backend, token_file=options.token_file,
                              unnorm_key=options.unnorm_key, device=options.device, threads=options.threads,
-                             dtype=options.dtype)
+                             dtype=options.dtype, execution=execution, chunk_steps=options.chunk_steps)
         stack.callback(policy.close)
-        identity = RunIdentity(policy.identity, options.backend, options.seed, options.trials)
+        identity = RunIdentity(policy.identity, options.backend, options.seed, options.trials,
+                               execution.describe(config.safety.watchdog_hold_s))
         extra = {"software_version": __version__, "hardware": config_snapshot(config),
                  "hardware_overrides": options.overrides}
         store = stack.enter_context(RunStore.open_for_run(options.run_dir, identity,

@@ -11,6 +11,10 @@
 Policies run through ``policy.runner.ClosedLoopRunner``; baseline agents through its base, ``EpisodeRunner``: the
 same control loop with the same step log and summary, so every trial is logged alike. Each trial gets a fresh runner
 (its own step-log store) and, for baselines, an agent seeded by the trial seed, so a sim trial is reproducible.
+
+Every runner executes answers as the run's ``ExecutionConfig`` says (robot/execution.py: sync, async or chunk, with
+injected latency drawn from the trial seed). In chunk mode the scripted expert answers with K-step plans
+(``collect.expert_plan.PlanningExpert``); a checkpoint must predict chunks; the random baseline has none.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import hashlib
 import logging
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +31,7 @@ import numpy as np
 
 from collect.store import EpisodeStore
 from policy.runner import ClosedLoopRunner, EpisodeRunner
+from robot.execution import ExecutionConfig, ExecutionMode
 from robot.runtime import Agent, AgentOutput, Observation, Subscriber
 from robot.safety import Command
 
@@ -33,6 +39,8 @@ log = logging.getLogger(__name__)
 
 BASELINES = ("scripted-expert", "random")
 SIM_ONLY_BASELINES = ("scripted-expert",)
+SYNC_WITHOUT_LATENCY = ExecutionConfig()  # sync, no injected latency: what every run did before execution modes
+DEFAULT_EXPERT_CHUNK_STEPS = 8  # the scripted expert's plan in chunk mode: 0.8 s at 10 Hz (OpenVLA-OFT's K = 8)
 
 
 class PolicyError(ValueError):
@@ -72,6 +80,11 @@ class PolicyUnderTest(ABC):
     """What a run evaluates; ``identity["fingerprint"]`` decides whether two runs evaluated the same thing."""
 
     identity: dict[str, Any]
+    execution: ExecutionConfig = SYNC_WITHOUT_LATENCY
+
+    def trial_execution(self, trial_seed: int) -> ExecutionConfig:
+        """The run's execution, its injected latencies drawn from the trial seed (a lock-step trial repeats)."""
+        return replace(self.execution, latency_seed=trial_seed)
 
     @abstractmethod
     def runner(self, robot, step_log: EpisodeStore | None, subscribers: Sequence[Subscriber], trial_seed: int):
@@ -82,24 +95,26 @@ class PolicyUnderTest(ABC):
 
 
 class BaselineUnderTest(PolicyUnderTest):
-    def __init__(self, name: str, make_agent: Callable[[Any, int], Agent], source_modules: Sequence[Any]) -> None:
-        self.make_agent = make_agent
+    def __init__(self, name: str, make_agent: Callable[[Any, int], Agent], source_modules: Sequence[Any],
+                 execution: ExecutionConfig = SYNC_WITHOUT_LATENCY, details: dict[str, Any] | None = None) -> None:
+        self.make_agent, self.execution = make_agent, execution
         self.identity = {"kind": "baseline", "name": name, "id": name,
-                         "fingerprint": f"baseline:{name}@{_source_hash(*source_modules)}"}
+                         "fingerprint": f"baseline:{name}@{_source_hash(*source_modules)}", **(details or {})}
 
     def runner(self, robot, step_log, subscribers, trial_seed):
         return EpisodeRunner(robot, self.make_agent(robot, trial_seed), self.identity["name"], step_log=step_log,
-                             subscribers=subscribers)
+                             subscribers=subscribers, execution=self.trial_execution(trial_seed))
 
 
 class CheckpointUnderTest(PolicyUnderTest):
     """A ``policy.agent.Policy`` (remote or local) run by ``ClosedLoopRunner``."""
 
-    def __init__(self, policy, identity: dict[str, Any]) -> None:
-        self.policy, self.identity = policy, identity
+    def __init__(self, policy, identity: dict[str, Any], execution: ExecutionConfig = SYNC_WITHOUT_LATENCY) -> None:
+        self.policy, self.identity, self.execution = policy, identity, execution
 
     def runner(self, robot, step_log, subscribers, trial_seed):
-        return ClosedLoopRunner(robot, self.policy, step_log=step_log, subscribers=subscribers)
+        return ClosedLoopRunner(robot, self.policy, step_log=step_log, subscribers=subscribers,
+                                execution=self.trial_execution(trial_seed))
 
     def close(self) -> None:
         self.policy.close()
@@ -115,24 +130,54 @@ def _random_agent(robot, seed: int) -> Agent:
     return RandomAgent(np.random.default_rng(seed))
 
 
-def open_policy(spec: str, backend: str, *, token_file: str | None = None, unnorm_key: str | None = None,
-                device: str = "cpu", threads: int | None = None, dtype: str = "auto") -> PolicyUnderTest:
-    """The ``--policy`` argument as a ``PolicyUnderTest`` (see the module docstring)."""
-    if spec in BASELINES:
-        if spec in SIM_ONLY_BASELINES and backend != "sim":
-            raise PolicyError(f"--policy {spec} plans from the twin's privileged state and runs only with "
-                              f"--backend sim")
-        import collect.expert
-        import eval_protocols.policies
+def _planning_expert(chunk_steps: int) -> Callable[[Any, int], Agent]:
+    def make(robot, seed: int) -> Agent:
+        from collect.expert_plan import PlanningExpert
 
-        if spec == "scripted-expert":
-            return BaselineUnderTest(spec, _expert_agent, [collect.expert])
-        return BaselineUnderTest(spec, _random_agent, [eval_protocols.policies])
+        return PlanningExpert(_expert_agent(robot, seed), chunk_steps)
+
+    return make
+
+
+def _baseline(spec: str, backend: str, execution: ExecutionConfig, chunk_steps: int) -> PolicyUnderTest:
+    if spec in SIM_ONLY_BASELINES and backend != "sim":
+        raise PolicyError(f"--policy {spec} plans from the twin's privileged state and runs only with --backend sim")
+    import collect.expert
+    import eval_protocols.policies
+
+    chunked = execution.mode is ExecutionMode.CHUNK
+    if spec == "random":
+        if chunked:
+            raise PolicyError("--policy random answers with single actions; chunk execution needs action chunks "
+                              "(scripted-expert plans them; use --execution sync or async for random)")
+        return BaselineUnderTest(spec, _random_agent, [eval_protocols.policies], execution)
+    if not chunked:
+        return BaselineUnderTest(spec, _expert_agent, [collect.expert], execution)
+    if chunk_steps < 1:
+        raise PolicyError(f"--chunk-steps must be >= 1, got {chunk_steps}")
+    import collect.expert_plan
+
+    return BaselineUnderTest(spec, _planning_expert(chunk_steps), [collect.expert, collect.expert_plan], execution,
+                             {"chunk_steps": chunk_steps})
+
+
+def open_policy(spec: str, backend: str, *, token_file: str | None = None, unnorm_key: str | None = None,
+                device: str = "cpu", threads: int | None = None, dtype: str = "auto",
+                execution: ExecutionConfig = SYNC_WITHOUT_LATENCY,
+                chunk_steps: int = DEFAULT_EXPERT_CHUNK_STEPS) -> PolicyUnderTest:
+    """The ``--policy`` argument as a ``PolicyUnderTest`` (see the module docstring); ``dtype``: the weights of a
+    checkpoint folder (policy.precision); ``chunk_steps``: the scripted expert's plan length in chunk execution."""
+    if spec in BASELINES:
+        return _baseline(spec, backend, execution, chunk_steps)
     if spec.startswith(("http://", "https://")):
-        return _remote(spec, token_file, unnorm_key)
+        policy = _remote(spec, token_file, unnorm_key)
+        policy.execution = execution
+        return policy
     path = Path(spec)
     if path.is_dir():
-        return _local(path, unnorm_key, device, threads, dtype)
+        policy = _local(path, unnorm_key, device, threads, dtype)
+        policy.execution = execution
+        return policy
     raise PolicyError(f"--policy {spec!r} is neither an http(s):// URL of a 'fanvla serve', an existing checkpoint "
                       f"directory, nor a baseline ({', '.join(BASELINES)})")
 
@@ -151,7 +196,9 @@ def _remote(url: str, token_file: str | None, unnorm_key: str | None) -> PolicyU
                     "fingerprint_method": checkpoint.get("fingerprint_method"),
                     "action_space": metadata.get("action_space", {}).get("name"),
                     "unnorm_key": unnorm_key or metadata.get("unnorm_key"),
-                    "server_software_version": metadata.get("software_version")}
+                    "server_software_version": metadata.get("software_version"),
+                    **({"server_injected_latency_ms": metadata["injected_latency"]["spec_ms"]}
+                       if metadata.get("injected_latency") else {})}
     except PolicyClientError as error:
         policy.close()
         raise PolicyError(f"cannot reach the policy server at {url}: {error}") from None

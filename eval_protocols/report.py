@@ -4,8 +4,10 @@ Writes into the report folder:
 
 - ``README.md``: a table shaped like the paper's Table 3 (rows = runs, columns = tasks; successes/N, rate and
   Wilson 95% interval); for two or more runs, each run against the first: the difference with Newcombe's
-  interval and Fisher's exact p-value per task, and which differences are significant; the runs' identities;
-  every trial with a link to its video (relative to the report folder);
+  interval and Fisher's exact p-value per task, and which differences are significant; the runs' identities
+  (with their execution mode and injected latency); every trial with a link to its video (relative to the
+  report folder) and its timing: answer latency quantiles, held ticks, stale answers, watchdog events, late
+  ticks (and the real-time twin's late physics cycles);
 - ``chart.png``: success rate per task and run with Wilson-interval whiskers;
 - ``results.json``: every number above.
 
@@ -20,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from eval_protocols.results import RunDirError, RunStore, write_json_atomic
+from eval_protocols.results import LEGACY_EXECUTION, RunDirError, RunStore, write_json_atomic
 from eval_protocols.stats import (
     DEFAULT_CONFIDENCE,
     DEFAULT_SIGNIFICANCE,
@@ -187,12 +189,13 @@ def _markdown(runs: list[RunResults], tasks: list[str], numbers: dict[str, Any],
                   + (", ".join(f"{c['task']} ({c['run']})" for c in significant) if significant else "none") + ".", ""]
     if notes:
         lines += ["## Notes", "", *[f"- {note}" for note in notes], ""]
-    lines += ["## Runs", "", "| run | policy | fingerprint | backend | seed | trials | folder |",
-              "|---|---|---|---|---|---|---|"]
+    lines += ["## Runs", "", "| run | policy | fingerprint | backend | execution | seed | trials | folder |",
+              "|---|---|---|---|---|---|---|---|"]
     for run in runs:
         policy = run.manifest.get("policy", {})
         lines.append(f"| {run.name} | {policy.get('id', policy.get('name'))} | `{policy.get('fingerprint')}` | "
-                     f"{run.manifest.get('backend')} | {run.manifest.get('seed')} | {run.manifest.get('trials')} | "
+                     f"{run.manifest.get('backend')}{' (real time)' if _realtime(run) else ''} | {_execution(run)} | "
+                     f"{run.manifest.get('seed')} | {run.manifest.get('trials')} | "
                      f"{Path(os.path.relpath(run.run_dir, out_dir)).as_posix()} |")
     lines += ["", "## Trials", "", "Each link opens the trial's video (✓ success, ✗ failure).", ""]
     for run in runs:
@@ -202,7 +205,57 @@ def _markdown(runs: list[RunResults], tasks: list[str], numbers: dict[str, Any],
             links = " ".join(_link(run, record, out_dir) for record in run.records.get(task, []))
             lines.append(f"- {task}: {links}")
         lines.append("")
+    lines += _timing_lines(runs, tasks)
     return "\n".join(lines)
+
+
+def _execution(run: RunResults) -> str:
+    execution = run.manifest.get("execution") or LEGACY_EXECUTION
+    latency = str(execution.get("policy_latency_ms", "0"))
+    return f"{execution.get('mode')}" + (f", +{latency} ms" if latency != "0" else "")
+
+
+def _realtime(run: RunResults) -> bool:
+    if "sim.realtime" in (run.manifest.get("hardware_overrides") or {}):
+        return bool(run.manifest["hardware_overrides"]["sim.realtime"])
+    return bool(((run.manifest.get("hardware") or {}).get("sim") or {}).get("realtime"))
+
+
+def _ms(value: Any) -> str:
+    return "-" if value is None else f"{1000 * float(value):.0f}"
+
+
+TIMING_COLUMNS = ("trial", "result", "end", "steps", "commands", "held", "stale",
+                  "answer latency p50 / p90 / max (ms)", "action age p50 (ms)", "watchdog hold ticks / stops",
+                  "late ticks", "late physics cycles")
+
+
+def _timing_row(record: dict[str, Any]) -> str:
+    summary, episode, twin = record.get("summary") or {}, record.get("episode") or {}, record.get("twin_timing")
+    cells = [f"{int(record['trial']):02d}", "✓" if record["success"] else "✗", episode.get("status"),
+             episode.get("steps"), summary.get("commands_sent", "-"), summary.get("held_steps", "-"),
+             summary.get("stale_actions", "-"),
+             " / ".join(_ms(summary.get(f"answer_latency_{q}_s")) for q in ("p50", "p90", "max")),
+             _ms(summary.get("action_age_p50_s")),
+             f"{summary.get('watchdog_hold_ticks', '-')} / {summary.get('watchdog_stops', '-')}",
+             episode.get("late_ticks", "-"),
+             f"{twin['physics_late_cycles']} / {twin['physics_cycles']}" if twin else "-"]
+    return "| " + " | ".join(str(cell) for cell in cells) + " |"
+
+
+def _timing_lines(runs: list[RunResults], tasks: list[str]) -> list[str]:
+    """Per trial: what the loop saw of the policy's latency (each trial's summary: policy/step_log.py)."""
+    lines = ["## Timing", "", "Answer latency: from asking the policy to its answer being usable, injected latency "
+             "included. Held: ticks the arm was stopped for want of a fresh command. Stale: answers dropped as too "
+             "old. Late ticks: the control loop started a tick late (real time only); late physics cycles: the "
+             "real-time twin itself fell behind (CPU contention).", ""]
+    for run in runs:
+        for task in tasks:
+            lines += [f"### {run.name}, {task}", "", "| " + " | ".join(TIMING_COLUMNS) + " |",
+                      "|" + "---|" * len(TIMING_COLUMNS)]
+            lines += [_timing_row(record) for record in run.records.get(task, [])]
+            lines.append("")
+    return lines
 
 
 def write_report(run_dirs: list[Path], out_dir: Path, names: list[str] | None = None,

@@ -20,7 +20,7 @@ import fcntl
 import json
 import os
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,8 @@ RUN_FILE, RESULTS_FILE, LOCK_FILE, TRIALS_DIR = "run.json", "results.jsonl", "ru
 RUN_FORMAT = "fanvla-eval-run"
 RUN_FORMAT_VERSION = 1
 RECORD_KEYS = ("task", "trial", "success")
+# Runs made before execution modes existed ran every answer in sync, without injected latency.
+LEGACY_EXECUTION = {"mode": "sync", "policy_latency_ms": "0"}
 
 
 class RunDirError(RuntimeError):
@@ -55,6 +57,8 @@ class RunIdentity:
     backend: str
     seed: int
     trials: int
+    # ExecutionConfig.describe(): mode, injected latency, max action age (robot/execution.py)
+    execution: dict[str, Any] = field(default_factory=lambda: dict(LEGACY_EXECUTION))
 
     def differences(self, stored: Mapping[str, Any]) -> list[str]:
         problems = []
@@ -66,6 +70,12 @@ class RunIdentity:
         for key in ("backend", "seed", "trials"):
             if stored.get(key) != getattr(self, key):
                 problems.append(f"{key}: the run has {stored.get(key)!r}, this command asks for {getattr(self, key)!r}")
+        old_execution = stored.get("execution") or LEGACY_EXECUTION
+        for key in sorted(set(old_execution) | set(self.execution)):
+            if old_execution.get(key) != self.execution.get(key) and not (key not in old_execution and
+                                                                        stored.get("execution") is None):
+                problems.append(f"execution {key}: the run has {old_execution.get(key)!r}, this command asks for "
+                                f"{self.execution.get(key)!r}")
         return problems
 
 
@@ -112,7 +122,8 @@ class RunStore:
                                   f"'fanvla eval run' or run.json was removed; use a new RUN_DIR")
             manifest = {"format": RUN_FORMAT, "format_version": RUN_FORMAT_VERSION, "created_at": utc_now_iso(),
                         "policy": identity.policy, "backend": identity.backend, "seed": identity.seed,
-                        "trials": identity.trials, "tasks": {name: dict(spec) for name, spec in tasks.items()},
+                        "trials": identity.trials, "execution": dict(identity.execution),
+                        "tasks": {name: dict(spec) for name, spec in tasks.items()},
                         **dict(extra)}
             write_json_atomic(path, manifest)
             return manifest

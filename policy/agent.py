@@ -7,6 +7,10 @@ arrives later than ``max_action_age_s`` after its observation (robot clock), or 
 down, server error), yields *no* command: the loop holds the arm and its watchdog takes over. Nothing is ever
 cached, so a stale action is never replayed.
 
+A policy that predicts action chunks (``actions`` of shape (B, K, 7), OpenVLA-OFT) gives a command and a plan of
+K - 1 more (``AgentOutput.plan``), each relative to the one before, for the loop's chunk execution
+(robot/execution.py), which also judges each step's age.
+
 Two policies: ``RemotePolicy`` (``policy.client``, no torch needed) and ``LocalPolicy`` (an in-process
 ``policy.inference.InferenceEngine``; torch is imported only when one is built).
 """
@@ -62,6 +66,7 @@ class PolicySpec:
     unnorm_key: str
     state_dim: int | None = None
     image_size: int | None = None
+    chunk_size: int | None = None  # actions per prediction; None or 1: single actions (OpenVLA), K: chunks (OFT)
 
     @classmethod
     def from_metadata(cls, metadata: dict[str, Any]) -> PolicySpec:
@@ -69,14 +74,15 @@ class PolicySpec:
         try:
             return cls(action_space=str(metadata["action_space"]["name"]),
                        checkpoint_id=str(metadata["checkpoint"]["id"]), unnorm_key=str(metadata["unnorm_key"]),
-                       state_dim=metadata.get("state_dim"), image_size=metadata.get("image_size"))
+                       state_dim=metadata.get("state_dim"), image_size=metadata.get("image_size"),
+                       chunk_size=metadata.get("chunk_size"))
         except (KeyError, TypeError) as error:
             raise PolicyProtocolError(f"the server's metadata lacks {error}: is it a fanvla policy server?") from None
 
 
 @dataclass(frozen=True)
 class PolicyOutput:
-    actions: np.ndarray  # (B, 7) float64 in the checkpoint's action space
+    actions: np.ndarray  # (B, 7), or (B, K, 7) for action chunks: float64 in the checkpoint's action space
     checkpoint_id: str
     server_timing: dict[str, float] = field(default_factory=dict)  # seconds: decode, queue, inference, total
     bin_probs: np.ndarray | None = None
@@ -161,11 +167,12 @@ class PolicyAgent:
     """``robot.runtime.Agent`` driven by a ``Policy``; see the module docstring for what happens when it is late."""
 
     def __init__(self, policy: Policy, clock: Clock, max_action_age_s: float, *, send_state: bool = False,
-                 simulated_timeout_s: float = SIMULATED_CLOCK_TIMEOUT_S) -> None:
+                 simulated_timeout_s: float = SIMULATED_CLOCK_TIMEOUT_S, expect_chunks: bool = False) -> None:
         if max_action_age_s <= 0:
             raise ValueError(f"max_action_age_s must be > 0, got {max_action_age_s}")
         self.policy, self.clock, self.max_action_age_s = policy, clock, max_action_age_s
         self.send_state, self.simulated_timeout_s = send_state, simulated_timeout_s
+        self.expect_chunks = expect_chunks  # chunk execution: refuse a policy that predicts single actions
         self.spec: PolicySpec | None = None
 
     def reset(self, instruction: str) -> None:
@@ -175,6 +182,9 @@ class PolicyAgent:
         if self.send_state and spec.state_dim not in (None, STATE_DIM):
             raise ValueError(f"the checkpoint expects a {spec.state_dim}-D state; this agent sends {STATE_DIM} "
                              f"values ({', '.join(STATE_LAYOUT)})")
+        if self.expect_chunks and (spec.chunk_size or 1) < 2:
+            raise ValueError(f"chunk execution needs a policy that predicts action chunks (OpenVLA-OFT); "
+                             f"{spec.checkpoint_id} predicts single actions: use --execution sync or async")
         self.spec = spec
 
     def act(self, observation: Observation) -> AgentOutput:
@@ -195,17 +205,32 @@ class PolicyAgent:
         if output.checkpoint_id != self.spec.checkpoint_id:
             raise PolicyChangedError(f"the policy now serves {output.checkpoint_id}, the episode started with "
                                      f"{self.spec.checkpoint_id}; restart the episode deliberately")
-        action = np.asarray(output.actions[0], dtype=np.float64)
-        if action.shape != (ACTION_DIM,):
-            raise ValueError(f"the policy predicts actions of shape {action.shape}; the {self.spec.action_space} "
-                             f"action space needs {ACTION_DIM} values")
+        chunk = self._chunk(output.actions[0])
+        action = chunk[0]
         age_s = self.clock.now_s() - observation.time_s
         info.update(latency_s=time.perf_counter() - started, server_timing=dict(output.server_timing), action=action,
                     action_age_s=age_s)
-        if age_s > self.max_action_age_s:
+        if len(chunk) > 1:
+            info["action_chunk"] = chunk
+        elif age_s > self.max_action_age_s:  # (a chunk's steps are judged one by one by the chunk execution)
             info["stale"] = True
             return AgentOutput(None, info=info)  # dropped, and never reused later
-        return AgentOutput(command_from_action(action, observation.arm, self.spec.action_space), info=info)
+        commands = [command_from_action(action, observation.arm, self.spec.action_space)]
+        for step_action in chunk[1:]:  # each step from where the one before leaves the arm
+            previous = commands[-1]
+            state = replace(observation.arm, tcp_pose=previous.tcp_pose) if previous.is_pose \
+                else replace(observation.arm, joints_rad=previous.joints_rad)
+            commands.append(command_from_action(step_action, state, self.spec.action_space))
+        return AgentOutput(commands[0], info=info, plan=tuple(commands[1:]))
+
+    def _chunk(self, predicted: np.ndarray) -> np.ndarray:
+        """(K, 7) actions of one prediction (K = 1 for a single action)."""
+        actions = np.asarray(predicted, dtype=np.float64)
+        chunk = actions[None] if actions.ndim == 1 else actions
+        if chunk.ndim != 2 or chunk.shape[0] < 1 or chunk.shape[1] != ACTION_DIM:
+            raise ValueError(f"the policy predicts actions of shape {actions.shape}; the {self.spec.action_space} "
+                             f"action space needs {ACTION_DIM} values (or a chunk of shape (K, {ACTION_DIM}))")
+        return chunk
 
     def _request_timeout_s(self, observation: Observation) -> float:
         """Real-time budget of this request: what is left of the action's allowed age (robot clock)."""

@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from collect.store import EpisodeStore
 from policy.agent import Policy, PolicyAgent
 from policy.step_log import EpisodeSummary, StepLog
+from robot.execution import ExecutionConfig, ExecutionMode
 from robot.runtime import Agent, ControlLoop, EpisodeResult, EpisodeStatus, RobotLike, Subscriber
 
 log = logging.getLogger(__name__)
@@ -52,13 +53,16 @@ class ClosedLoopResult:
 class EpisodeRunner:
     """The shared control loop for any ``robot.runtime.Agent``, with an ``EpisodeSummary`` and, optionally, a
     ``StepLog`` into a crash-safe episode store. Used as is for baseline agents (scripted expert, random) and
-    specialised by ``ClosedLoopRunner`` for policies."""
+    specialised by ``ClosedLoopRunner`` for policies. ``execution``: how slow answers reach the arm (mode, injected
+    latency, the age beyond which an answer is dropped: robot/execution.py); default sync, no injected latency."""
 
     def __init__(self, robot: RobotLike, agent: Agent, name: str, *, step_log: EpisodeStore | None = None,
                  rate_hz: float | None = None, hold_after_s: float | None = None, stop_after_s: float | None = None,
-                 session_meta: Mapping[str, Any] | None = None, subscribers: Sequence[Subscriber] = ()) -> None:
+                 session_meta: Mapping[str, Any] | None = None, subscribers: Sequence[Subscriber] = (),
+                 execution: ExecutionConfig | None = None) -> None:
         config = robot.config
         self.robot, self.agent, self.name = robot, agent, name
+        self.execution = execution or ExecutionConfig()
         hold_after_s = hold_after_s if hold_after_s is not None else config.safety.watchdog_hold_s
         stop_after_s = stop_after_s if stop_after_s is not None else config.safety.watchdog_stop_s
         self.summary = EpisodeSummary()
@@ -67,11 +71,12 @@ class EpisodeRunner:
             session = {"backend": getattr(robot, "backend", None), **_hardware_info(robot), **dict(session_meta or {})}
             self.step_log = StepLog(step_log, session, self.summary, context=self._log_context)
         chain: list[Subscriber] = [self.summary, *([self.step_log] if self.step_log else []), *subscribers]
-        self.loop = ControlLoop(robot, rate_hz or config.recording.rate_hz, hold_after_s, stop_after_s, chain)
+        self.loop = ControlLoop(robot, rate_hz or config.recording.rate_hz, hold_after_s, stop_after_s, chain,
+                                execution=self.execution)
 
     def _log_context(self) -> dict[str, Any]:
         """Per-episode metadata for the step log."""
-        return {"agent": self.name}
+        return {"agent": self.name, "execution": self.execution.describe(self.loop.hold_after_s)}
 
     def _run(self, instruction: str, max_duration_s: float, is_success: Callable[[], bool] | None,
              meta: Mapping[str, Any] | None) -> tuple[EpisodeResult, int | None]:
@@ -98,17 +103,24 @@ class EpisodeRunner:
 class ClosedLoopRunner(EpisodeRunner):
     """Runs policy episodes on ``robot`` (a ``robot.factory.Robot``: real or twin). Rates and watchdog times
     default to hardware.yaml (``recording.rate_hz``: the rate the policy was trained at; ``safety.watchdog_*``);
-    an action is dropped when older than ``max_action_age_s`` (default: the watchdog hold time)."""
+    an action is dropped when older than ``max_action_age_s`` (default: ``execution.max_action_age_s``, else the
+    watchdog hold time)."""
 
     def __init__(self, robot: RobotLike, policy: Policy, *, step_log: EpisodeStore | None = None,
                  video_dir: str | Path | None = None, rate_hz: float | None = None,
                  hold_after_s: float | None = None, stop_after_s: float | None = None,
                  max_action_age_s: float | None = None, send_state: bool = False,
-                 session_meta: Mapping[str, Any] | None = None, subscribers: Sequence[Subscriber] = ()) -> None:
+                 session_meta: Mapping[str, Any] | None = None, subscribers: Sequence[Subscriber] = (),
+                 execution: ExecutionConfig | None = None) -> None:
         hold = hold_after_s if hold_after_s is not None else robot.config.safety.watchdog_hold_s
-        agent = PolicyAgent(policy, robot.clock, max_action_age_s or hold, send_state=send_state)
+        execution = execution or ExecutionConfig()
+        max_age = max_action_age_s or execution.max_action_age_s or hold
+        execution = replace(execution, max_action_age_s=max_age)
+        agent = PolicyAgent(policy, robot.clock, max_age, send_state=send_state,
+                            expect_chunks=execution.mode is ExecutionMode.CHUNK)
         super().__init__(robot, agent, "policy", step_log=step_log, rate_hz=rate_hz, hold_after_s=hold,
-                         stop_after_s=stop_after_s, session_meta=session_meta, subscribers=subscribers)
+                         stop_after_s=stop_after_s, session_meta=session_meta, subscribers=subscribers,
+                         execution=execution)
         self.policy = policy
         self.video_dir = None if video_dir is None else Path(video_dir)
         if self.video_dir is not None and self.step_log is None:
@@ -126,7 +138,7 @@ class ClosedLoopRunner(EpisodeRunner):
 
     def _log_context(self) -> dict[str, Any]:
         spec, loop = self.agent.spec, self.loop
-        return {"checkpoint_id": spec.checkpoint_id if spec else None,
+        return {**super()._log_context(), "checkpoint_id": spec.checkpoint_id if spec else None,
                 "action_space": spec.action_space if spec else None, "unnorm_key": spec.unnorm_key if spec else None,
                 "rate_hz": loop.rate_hz, "watchdog_hold_s": loop.hold_after_s, "watchdog_stop_s": loop.stop_after_s,
                 "max_action_age_s": self.agent.max_action_age_s}

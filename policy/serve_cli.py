@@ -10,6 +10,7 @@ from typing import Any
 from policy.action_space import ActionSpace
 from policy.precision import DTYPE_CHOICES
 from policy.server_validation import RequestLimits
+from robot.injected_latency import LatencySpec
 
 READY_PREFIX = "fanvla serve: ready"  # first line on stdout once requests are accepted (scripts wait for it)
 
@@ -42,6 +43,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     serve.add_argument("--max-body-mb", type=float, default=RequestLimits.max_body_bytes / 2**20,
                        help="largest request body accepted")
     serve.add_argument("--max-batch", type=int, default=RequestLimits.max_batch)
+    serve.add_argument("--policy-latency-ms", default="0", metavar="N|N+-M",
+                       help="add N ms (or uniformly N-M..N+M ms) before every /act answer: rehearse a slower model "
+                            "(e.g. 150 for OpenVLA-7B on a workstation GPU); shown in /metadata (default 0)")
     serve.set_defaults(func=_serve)
 
 
@@ -53,14 +57,16 @@ def _serve(args: argparse.Namespace) -> int:
         token = read_token_file(args.token_file) if args.token_file else None
         check_exposure(args.host, token)
         limits = RequestLimits(max_body_bytes=int(args.max_body_mb * 2**20), max_batch=args.max_batch)
+        latency = LatencySpec.parse(args.policy_latency_ms)
         if not Path(args.checkpoint).is_dir():
             raise ValueError(f"cannot serve {args.checkpoint}: not a directory (give a model directory: openvla-7b "
                              f"layout, `fanvla policy init-tiny` or `fanvla finetune` output)")
     except (ServerConfigError, ValueError) as error:
         raise UserError(str(error)) from None
-    server, checkpoint_id = _build_server(args, token, limits)
+    server, checkpoint_id = _build_server(args, token, limits, latency)
     print(f"{READY_PREFIX} {server.url} checkpoint {checkpoint_id} ({args.wsgi}, {args.http_threads} request "
-          f"threads{', token required' if token else ''})", flush=True)
+          f"threads{', token required' if token else ''}"
+          f"{f', {latency} ms added to every answer' if latency.enabled else ''})", flush=True)
     try:
         server.serve_forever()
     finally:
@@ -68,7 +74,8 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _build_server(args: argparse.Namespace, token: str | None, limits: RequestLimits) -> tuple[Any, str]:
+def _build_server(args: argparse.Namespace, token: str | None, limits: RequestLimits,
+                  latency: LatencySpec) -> tuple[Any, str]:
     from dataclasses import replace
 
     from fanvla.cli import UserError
@@ -87,8 +94,8 @@ def _build_server(args: argparse.Namespace, token: str | None, limits: RequestLi
         raise UserError(f"cannot serve {args.checkpoint}: {error}") from None
     limits = replace(limits, state_dim=engine.deployment.state_dim)
     try:
-        server = PolicyServer(create_app(engine, limits, token), args.host, args.port, args.wsgi, args.http_threads,
-                              limits.max_body_bytes)
+        server = PolicyServer(create_app(engine, limits, token, latency), args.host, args.port, args.wsgi,
+                              args.http_threads, limits.max_body_bytes)
     except OSError as error:
         raise UserError(f"cannot listen on {args.host}:{args.port}: {error}") from None
     return server, engine.checkpoint_id

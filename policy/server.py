@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
+import numpy as np
 from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
 
@@ -33,6 +34,7 @@ from policy.protocol import (
 from policy.server_auth import ServerConfigError, bearer_token_matches
 from policy.server_validation import ActRequest, RequestError, RequestLimits, invalid, parse_act_request
 from policy.wire import CONTENT_TYPE_JSON, CONTENT_TYPE_MSGPACK, encode_openvla_reply
+from robot.injected_latency import LatencySpec
 
 if TYPE_CHECKING:
     from policy.inference import InferenceEngine
@@ -65,9 +67,13 @@ def _error(status: int, kind: str, message: str, field: str = "") -> Response:
     return response
 
 
-def create_app(engine: InferenceEngine, limits: RequestLimits | None = None, token: str | None = None) -> Flask:
-    """The Flask application; ``token`` None disables authentication (loopback only, see check_exposure)."""
+def create_app(engine: InferenceEngine, limits: RequestLimits | None = None, token: str | None = None,
+               injected_latency: LatencySpec | None = None) -> Flask:
+    """The Flask application; ``token`` None disables authentication (loopback only, see check_exposure);
+    ``injected_latency``: a delay added before every /act answer (rehearsing a slower model,
+    robot/injected_latency.py)."""
     limits = limits or RequestLimits(state_dim=engine.deployment.state_dim)
+    delay = _InjectedDelay(injected_latency or LatencySpec())
     app = Flask("fanvla.policy_server")
     app.config["MAX_CONTENT_LENGTH"] = limits.max_body_bytes  # larger bodies: 413 before they are read
     expected = None if token is None else token.encode("utf-8")
@@ -92,7 +98,7 @@ def create_app(engine: InferenceEngine, limits: RequestLimits | None = None, tok
 
     @app.get(METADATA_PATH)
     def metadata() -> Response:
-        return jsonify({**engine.metadata(), "limits": limits.describe(),
+        return jsonify({**engine.metadata(), "limits": limits.describe(), **delay.metadata(),
                         "formats": {"request": [CONTENT_TYPE_MSGPACK, CONTENT_TYPE_JSON], "reply": CONTENT_TYPE_MSGPACK,
                                     "images": ["raw uint8 array", "jpeg", "png"]},
                         "auth": {"required": expected is not None, "scheme": "Bearer"}})
@@ -106,8 +112,10 @@ def create_app(engine: InferenceEngine, limits: RequestLimits | None = None, tok
                                       f"{engine.unnorm_keys}")
         decoded = time.perf_counter()
         prediction = engine.predict(parsed.images, parsed.instructions, parsed.unnorm_key, parsed.return_probs)
+        injected_s = delay.wait()
         timing = {"decode_s": decoded - started, "queue_s": prediction.queue_s,
-                  "inference_s": prediction.inference_s, "total_s": time.perf_counter() - started}
+                  "inference_s": prediction.inference_s, **({"injected_s": injected_s} if delay.enabled else {}),
+                  "total_s": time.perf_counter() - started}
         counters.count(ok=True)
         response = _reply(parsed, ActReply(prediction.actions, prediction.bin_probs, prediction.unnorm_key,
                                            engine.checkpoint_id, timing))
@@ -134,6 +142,29 @@ def create_app(engine: InferenceEngine, limits: RequestLimits | None = None, tok
                                              f"traceback and keeps serving")
 
     return app
+
+
+class _InjectedDelay:
+    """``fanvla serve --policy-latency-ms``: sleeps a drawn delay in the request thread after the prediction (outside
+    the model lock, so concurrent requests are delayed side by side)."""
+
+    def __init__(self, spec: LatencySpec) -> None:
+        self.spec, self._rng, self._lock = spec, np.random.default_rng(), threading.Lock()
+
+    @property
+    def enabled(self) -> bool:
+        return self.spec.enabled
+
+    def wait(self) -> float:
+        if not self.enabled:
+            return 0.0
+        with self._lock:
+            delay_s = self.spec.sample_s(self._rng)
+        time.sleep(delay_s)
+        return delay_s
+
+    def metadata(self) -> dict[str, Any]:
+        return {"injected_latency": self.spec.describe()} if self.enabled else {}
 
 
 def _reply(parsed: ActRequest, reply: ActReply) -> Response:

@@ -2,8 +2,11 @@
 
 The store has the recorder's keys (``collect.schema.RECORDING_KEYS`` plus the colour image, so ``fanvla collect
 view`` and every store tool read it) and the policy's own keys (``POLICY_STEP_KEYS``): the action predicted,
-whether a command reached the arm, the watchdog status and the latencies. Episodes that end badly are saved
-too, with ``status`` in their metadata (``aborted``, ``timeout``, ...): an evaluation needs every trial's log.
+whether a command reached the arm, the watchdog status and the latencies; the step's delays along the
+sensing-acting chain (capture -> observation -> command -> motion, robot/latency.py); and the execution's keys
+(``exec_*``, robot/execution.py): which observation (and chunk step) the command came from, its age, the answer
+latency with the injected part, and the loop's wait. Episodes that end badly are saved too, with ``status`` in
+their metadata (``aborted``, ``timeout``, ...): an evaluation needs every trial's log.
 """
 
 from __future__ import annotations
@@ -39,9 +42,23 @@ POLICY_STEP_KEYS: dict[str, KeySpec] = {
     "server_total_s": KeySpec("float64", (), "s", "request time reported by the server (NaN: none / in-process)"),
     # The step's delays (robot/latency.py step_timing; the calibrated figures are in the episode metadata).
     "capture_to_observation_s": KeySpec("float64", (), "s", "camera capture to the end of the observation"),
-    "observation_to_command_s": KeySpec("float64", (), "s", "observation to the command sent (NaN: held)"),
+    "observation_to_command_s": KeySpec("float64", (), "s", "end of this tick's observation to the command sent "
+                                                            "at this tick (NaN: none sent)"),
     "command_to_motion_s": KeySpec("float64", (), "s", "command to arm motion, from `fanvla robot latency` "
                                                        "(NaN: held or not measured)"),
+    "exec_in_motion": KeySpec("bool", (), "flag", "no fresh command, but the last one still under way (a tick "
+                                                  "between commands): the arm was not stopped"),
+    "exec_source_step": KeySpec("int32", (), "step", "step of the observation the applied (or dropped) answer was "
+                                                     "computed from; -1: none this tick"),
+    "exec_chunk_index": KeySpec("int32", (), "index", "index of the command within its answer's chunk (0: single "
+                                                      "action); -1: none this tick"),
+    "exec_action_age_s": KeySpec("float64", (), "s", "age of that answer's observation when applied (NaN: none)"),
+    "exec_answer_latency_s": KeySpec("float64", (), "s", "an answer arrived this tick: time from asking to its "
+                                                         "arrival, injected latency included (NaN: none arrived)"),
+    "exec_injected_latency_s": KeySpec("float64", (), "s", "the injected part of exec_answer_latency_s (NaN: none "
+                                                           "arrived)"),
+    "exec_wait_s": KeySpec("float64", (), "s", "sync execution: how long the loop waited for the answer (NaN: "
+                                               "other modes)"),
 }
 
 
@@ -73,28 +90,54 @@ def step_record(step: Step) -> dict[str, Any]:
         "server_inference_s": _seconds(timing.get("inference_s")),
         "server_total_s": _seconds(timing.get("total_s")),
         **{key: _seconds(step.timing.get(key)) for key in STEP_TIMING_KEYS},
+        "exec_in_motion": bool(step.in_motion),
+        "exec_source_step": np.int32(info.get("exec_source_step", -1)),
+        "exec_chunk_index": np.int32(info.get("exec_chunk_index", -1)),
+        "exec_action_age_s": _seconds(info.get("exec_action_age_s")),
+        "exec_answer_latency_s": _seconds(info.get("exec_answer_latency_s")),
+        "exec_injected_latency_s": _seconds(info.get("exec_injected_latency_s")),
+        "exec_wait_s": _seconds(info.get("exec_wait_s")),
     }
 
 
+def _quantiles(values: list[float], prefix: str) -> dict[str, float | None]:
+    array = np.asarray(values, dtype=np.float64)
+    if not array.size:
+        return {f"{prefix}_p50_s": None, f"{prefix}_p90_s": None, f"{prefix}_max_s": None}
+    return {f"{prefix}_p50_s": float(np.quantile(array, 0.5)), f"{prefix}_p90_s": float(np.quantile(array, 0.9)),
+            f"{prefix}_max_s": float(array.max())}
+
+
 class EpisodeSummary:
-    """A control-loop subscriber counting what the policy did in an episode (held ticks, errors, latencies)."""
+    """A control-loop subscriber counting what the policy did in an episode (held ticks, errors, latencies, watchdog
+    events)."""
 
     def __init__(self) -> None:
         self.on_episode_start("")
 
     def on_episode_start(self, instruction: str) -> None:
-        self.steps = self.sent = self.received = self.stale = self.errors = 0
+        self.steps = self.sent = self.in_motion = self.received = self.stale = self.errors = self.superseded = 0
+        self.watchdog_holds = self.watchdog_stops = 0
         self.latencies_s: list[float] = []
+        self.answer_latencies_s: list[float] = []
+        self.action_ages_s: list[float] = []
 
     def on_step(self, step: Step) -> None:
         info = step.agent_info
         self.steps += 1
         self.sent += step.sent is not None
+        self.in_motion += bool(step.in_motion)
         self.received += info.get("action") is not None
         self.stale += bool(info.get("stale"))
         self.errors += "agent_error" in info
-        if math.isfinite(_seconds(info.get("latency_s"))):
-            self.latencies_s.append(float(info["latency_s"]))
+        self.superseded += int(info.get("exec_superseded", 0))
+        self.watchdog_holds += str(step.watchdog) == "hold"
+        self.watchdog_stops += str(step.watchdog) == "stop"
+        for key, values in (("latency_s", self.latencies_s), ("exec_answer_latency_s", self.answer_latencies_s)):
+            if math.isfinite(_seconds(info.get(key))):
+                values.append(float(info[key]))
+        if step.sent is not None and math.isfinite(_seconds(info.get("exec_action_age_s"))):
+            self.action_ages_s.append(float(info["exec_action_age_s"]))
 
     def on_episode_end(self, result: EpisodeResult) -> None:
         pass
@@ -102,9 +145,14 @@ class EpisodeSummary:
     def summary(self) -> dict[str, Any]:
         latencies = np.asarray(self.latencies_s)
         quantile = (lambda q: float(np.quantile(latencies, q))) if latencies.size else (lambda q: None)
-        return {"commands_sent": self.sent, "held_steps": self.steps - self.sent, "actions_received": self.received,
-                "stale_actions": self.stale, "policy_errors": self.errors, "latency_p50_s": quantile(0.5),
-                "latency_p99_s": quantile(0.99), "latency_max_s": float(latencies.max()) if latencies.size else None}
+        return {"commands_sent": self.sent, "held_steps": self.steps - self.sent - self.in_motion,
+                "ticks_between_commands": self.in_motion, "actions_received": self.received,
+                "stale_actions": self.stale, "superseded_answers": self.superseded, "policy_errors": self.errors,
+                "watchdog_hold_ticks": self.watchdog_holds, "watchdog_stops": self.watchdog_stops,
+                "latency_p50_s": quantile(0.5), "latency_p99_s": quantile(0.99),
+                "latency_max_s": float(latencies.max()) if latencies.size else None,
+                **_quantiles(self.answer_latencies_s, "answer_latency"),
+                **_quantiles(self.action_ages_s, "action_age")}
 
 
 class StepLog:

@@ -13,7 +13,8 @@ who measure each device's latency once and compensate for it):
 
 The figures are saved as JSON next to hardware.yaml (``robot_latency.json``, one entry per backend), loaded
 with the robot, stored in each episode's metadata, and combined per step with the delays measured at that step
-(``step_timing``), which the recorder and the policy step log keep.
+(``step_timing``), which the recorder and the policy step log keep. (A delay *added* to a policy's answers to
+rehearse a slower model is a different thing: robot/injected_latency.py.)
 """
 
 from __future__ import annotations

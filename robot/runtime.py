@@ -7,7 +7,11 @@ One tick reads like the data flow::
     sent        = robot.safety.filter(command)  workspace, limits, per-step limits, NaN
     arm.servo_joints(sent) / gripper.command     the arm's 125 Hz loop interpolates to it
     subscriber.on_step(step)                    recorder, step log, video writer (+ the step's delays)
-    clock.sleep_until(next tick)                late ticks are counted
+    execution.wait_for_tick()                   sleep until the next tick; late ticks are counted
+
+How the agent's answers reach the arm when the agent is slow (``sync``, ``async``, ``chunk``, with injected
+latency for rehearsals) is the loop's ``ExecutionConfig`` (robot/execution.py); the default, ``sync`` without
+injected latency, asks the agent about each tick's observation and sends its command at once.
 
 The first observation of an episode is a frame received after the episode began: a scene reset just
 before (a person placing the object, the twin teleporting it) must not reach the agent or the recording
@@ -28,6 +32,7 @@ from enum import StrEnum
 from typing import Protocol
 
 from robot.errors import CameraTimeoutError, RobotError
+from robot.execution import ExecutionConfig, start_execution
 from robot.interfaces import ArmState, CameraFrame, GripperState
 from robot.latency import step_timing
 from robot.safety import Command, SafeCommand, Watchdog
@@ -53,6 +58,15 @@ class EpisodeStatus(StrEnum):
 
 
 @dataclass(frozen=True)
+class PlanProgress:
+    """Chunk execution: which chunk runs when an observation is taken, and which of its steps runs at that tick
+    (an agent that plans on from its previous chunk, like real-time chunking, needs to know)."""
+
+    source_step: int  # step of the observation the running chunk was planned from
+    next_index: int  # index of the chunk's command that runs at this tick (its length: the chunk is used up)
+
+
+@dataclass(frozen=True)
 class Observation:
     frame: CameraFrame
     arm: ArmState
@@ -60,6 +74,7 @@ class Observation:
     instruction: str
     step: int
     time_s: float  # clock time of this tick
+    plan_progress: PlanProgress | None = None  # set by chunk execution when it asks for the next chunk
 
 
 @dataclass(frozen=True)
@@ -67,6 +82,9 @@ class AgentOutput:
     command: Command | None  # None: nothing fresh this tick (late policy, idle teleop)
     events: frozenset[Event] = frozenset()
     info: dict = field(default_factory=dict)  # logged with the step (latencies, probabilities, ...)
+    # An action chunk: the commands after ``command``, each planned as if the one before had been reached.
+    # Run open loop by chunk execution; the other execution modes use ``command`` only.
+    plan: tuple[Command, ...] = ()
 
 
 class Agent(Protocol):
@@ -82,8 +100,12 @@ class Step:
     watchdog: str  # "ok" | "hold" | "stop"
     agent_info: dict
     late: bool
-    # capture -> observation -> command -> motion delays in s (robot/latency.py step_timing; NaN where unknown)
+    # capture -> observation -> command -> motion delays in s (robot/latency.py step_timing; NaN where unknown).
+    # The command is the one sent at this tick, whichever observation its answer came from (exec_action_age_s).
     timing: Mapping[str, float] = field(default_factory=dict)
+    # No fresh command at this tick, but the last one is still under way (a tick between commands in async or
+    # chunk execution): the arm was not stopped.
+    in_motion: bool = False
 
 
 @dataclass(frozen=True)
@@ -126,6 +148,7 @@ class ControlLoop:
     late_fraction: float = 0.2
     # How long the first tick may wait for a frame received after the episode began.
     fresh_frame_timeout_s: float = 1.0
+    execution: ExecutionConfig = field(default_factory=ExecutionConfig)
 
     @property
     def period_s(self) -> float:
@@ -141,38 +164,42 @@ class ControlLoop:
             subscriber.on_episode_start(instruction)
         arm.start_servo()
         start_s = clock.now_s()
-        max_steps = max(1, math.ceil(max_duration_s * self.rate_hz))
         result: EpisodeResult | None = None
         steps = late_ticks = 0
+        self._moving_until_s = -math.inf  # the last command sent is executed until then (one period)
+        execution = start_execution(self.execution, agent, clock, self.period_s, self.hold_after_s,
+                                    self.late_fraction * self.period_s)
         try:
             self._await_frame_received_after(start_s)
-            start_s = clock.now_s()
-            for steps in range(1, max_steps + 1):
-                tick_s = start_s + (steps - 1) * self.period_s
-                late = clock.now_s() - tick_s > self.late_fraction * self.period_s
+            start_s = tick_s = clock.now_s()
+            execution.begin(start_s)
+            late = False
+            while result is None:
+                steps += 1
                 late_ticks += late
                 frame, arm_state, gripper_state = self.robot.observe_parts()
                 observed_s = clock.now_s()
                 observation = Observation(frame, arm_state, gripper_state, instruction, steps - 1, tick_s)
-                output = self._ask(agent, observation)
-                status, sent = self._apply(output, arm_state, watchdog)
+                output = execution.act(observation, watchdog.stop_due_s())
+                status, sent = self._apply(output, observation, watchdog)
                 timing = step_timing(frame, observed_s, clock.now_s() if sent is not None else math.nan,
                                      getattr(self.robot, "latency", None))
-                step = Step(observation, sent, status, output.info, late, timing)
+                in_motion = sent is None and status == "ok" and tick_s < self._moving_until_s - 1e-9
+                step = Step(observation, sent, status, output.info, late, timing=timing, in_motion=in_motion)
                 for subscriber in self.subscribers:
                     subscriber.on_step(step)
                 result = self._episode_end(output, status, steps, clock.now_s() - start_s, late_ticks, is_success)
-                if result is not None:
-                    break
-                clock.sleep_until(start_s + steps * self.period_s)
-            if result is None:
-                result = EpisodeResult(EpisodeStatus.TIMEOUT, steps, clock.now_s() - start_s, late_ticks,
-                                       f"no success within {max_duration_s:g} s")
+                if result is None:
+                    tick_s, late = execution.wait_for_tick()
+                    if tick_s - start_s >= max_duration_s - 1e-9:
+                        result = EpisodeResult(EpisodeStatus.TIMEOUT, steps, clock.now_s() - start_s, late_ticks,
+                                               f"no success within {max_duration_s:g} s")
         except RobotError as error:
             log.error("episode aborted by a hardware error: %s", error)
             result = EpisodeResult(EpisodeStatus.ABORTED, steps, clock.now_s() - start_s, late_ticks,
                                    f"{type(error).__name__}: {error}")
         finally:
+            execution.close()
             _leave_servo(arm)
         for subscriber in self.subscribers:
             subscriber.on_episode_end(result)
@@ -188,20 +215,12 @@ class ControlLoop:
                                          "episode start")
             clock.sleep_until(clock.now_s() + poll_s)
 
-    @staticmethod
-    def _ask(agent: Agent, observation: Observation) -> AgentOutput:
-        try:
-            return agent.act(observation)
-        except (OSError, TimeoutError, ConnectionError) as error:
-            # A failed remote policy is a missing command, handled by the watchdog.
-            log.warning("agent failed at step %d: %s", observation.step, error)
-            return AgentOutput(None, info={"agent_error": f"{type(error).__name__}: {error}"})
-
-    def _apply(self, output: AgentOutput, arm_state: ArmState, watchdog: Watchdog) -> tuple[str, SafeCommand | None]:
+    def _apply(self, output: AgentOutput, observation: Observation,
+               watchdog: Watchdog) -> tuple[str, SafeCommand | None]:
         arm, safety = self.robot.arm, self.robot.safety
         sent = None
         if output.command is not None:
-            sent = safety.filter(output.command, arm_state, self.period_s)
+            sent = safety.filter(output.command, observation.arm, self.period_s)
             if sent.rejected:
                 sent = None
             else:
@@ -210,7 +229,10 @@ class ControlLoop:
         if status == "ok" and sent is not None:
             arm.servo_joints(sent.joints_rad, reach_in_s=self.period_s)
             self.robot.gripper.command(sent.gripper)
+            self._moving_until_s = observation.time_s + self.period_s
             return status, sent
+        if status == "ok" and observation.time_s < self._moving_until_s - 1e-9:
+            return status, None  # a tick between commands (async, chunk): the last one is still under way
         arm.hold()  # nothing fresh and safe: stay where we are, never replay an old command
         return status, None
 

@@ -341,6 +341,10 @@ class Watchdog:
     def since_last_feed_s(self) -> float:
         return self._clock.now_s() - self._last_feed_s
 
+    def stop_due_s(self) -> float:
+        """Clock time at which the status becomes ``stop`` unless a fresh command comes first."""
+        return self._last_feed_s + self.stop_after_s
+
     def status(self) -> WatchdogStatus:
         silent_s = self.since_last_feed_s()
         if silent_s >= self.stop_after_s:

@@ -19,13 +19,13 @@ os.environ.setdefault("LP_NUM_THREADS", "1")
 
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import mujoco
 import numpy as np
 
 from fanvla.config import CONTROLLER_CYCLE_S
-from robot.clock import Clock, RealClock
+from robot.clock import Clock, RealClock, TickStats
 from robot.frames import matrix_to_rpy
 from robot.interfaces import Intrinsics
 from robot.kinematics import MiniCoboKinematics
@@ -385,6 +385,13 @@ class Twin:
         """Pinhole intrinsics of the camera at a render size (colour profile by default); depth is aligned."""
         width, height = self._render_size(width, height)
         return pinhole_intrinsics(width, height, sim_model.camera_fovy_deg(self.config))
+
+    def physics_timing(self) -> TickStats | None:
+        """Realtime mode: a copy of the physics thread's tick counts (late = started over 20% of a cycle late);
+        None in lock-step, where simulated time cannot run late."""
+        if self._physics_task is None:
+            return None
+        return replace(self._physics_task.stats)
 
     # -- lifetime -----------------------------------------------------------------------------------
     def close(self) -> None:

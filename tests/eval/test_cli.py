@@ -29,6 +29,11 @@ def test_tasks_lists_and_previews_trials(capsys):
     (["--set", "camera.color.fps"], "expected KEY=VALUE"),
     (["--set", "camera.colour.fps=10"], "no such key 'colour'"),
     (["--trials", "0"], "--trials must be >= 1"),
+    (["--execution", "chunk"], "--policy random answers with single actions"),
+    (["--policy-latency-ms", "fast"], "expected milliseconds as N (fixed) or N+-M"),
+    (["--policy-latency-ms", "100+-150"], "may not exceed the mean"),
+    (["--max-action-age-ms", "0"], "--max-action-age-ms must be > 0"),
+    (["--policy", "scripted-expert", "--execution", "chunk", "--chunk-steps", "0"], "--chunk-steps must be >= 1"),
 ])
 def test_run_refuses_bad_input_with_one_message(tmp_path, capsys, argv, message):
     base = {"--backend": "sim", "--policy": "random", "--tasks": "task1", "--trials": "1", "--out": str(tmp_path / "r")}

@@ -42,10 +42,11 @@ def rgb(height: int = 224, width: int = 224, seed: int = 0) -> np.ndarray:
 
 
 @contextlib.contextmanager
-def running_server(engine, token: str | None = None, limits=None, wsgi: str = "waitress", http_threads: int = 4):
+def running_server(engine, token: str | None = None, limits=None, wsgi: str = "waitress", http_threads: int = 4,
+                   injected_latency=None):
     from policy.server import PolicyServer, create_app
 
-    app = create_app(engine, limits, token)
+    app = create_app(engine, limits, token, injected_latency)
     max_body = limits.max_body_bytes if limits is not None else 32 * 1024 * 1024
     with PolicyServer(app, "127.0.0.1", 0, wsgi, http_threads, max_body) as server:
         yield server
