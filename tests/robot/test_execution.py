@@ -9,12 +9,14 @@ import itertools
 import numpy as np
 import pytest
 
+from fanvla.config import CONTROLLER_CYCLE_S
 from robot.execution import ExecutionConfig, ExecutionMode, RelativeStep
 from robot.factory import open_robot
 from robot.injected_latency import LatencySpec
 from robot.interfaces import ArmState
 from robot.runtime import AgentOutput, ControlLoop, EpisodeStatus
 from robot.safety import Command
+from robot.sim.fake_jkrc import TRACKING_LAG_CYCLES
 from tests.robot.execution_testing import (
     STEP_MM,
     Keeper,
@@ -61,9 +63,12 @@ def test_sync_waits_for_each_answer_and_stretches_the_tick_while_the_arm_holds(r
     spacing = np.diff([s.observation.time_s for s in steps])
     assert (spacing >= LATENCY_S + PERIOD_S - TOLERANCE_S - 1e-9).all() and (spacing <= LATENCY_S + PERIOD_S).all()
     assert len(steps) == pytest.approx(3.0 / spacing.mean(), abs=1)
-    # ... and the arm holds while the policy thinks: the next observation finds it at the target it was sent.
+    # ... and the arm holds while the policy thinks: the next observation finds it at the target it was sent, short
+    # of it only by what the stretched tick leaves of the period (the lateness tolerance) and by the drives' tracking
+    # lag (the measured joints follow the command TRACKING_LAG_CYCLES controller cycles late: robot/sim/fake_jkrc.py).
+    shortfall_mm = STEP_MM * (TOLERANCE_S + TRACKING_LAG_CYCLES * CONTROLLER_CYCLE_S) / PERIOD_S
     for sent, following in itertools.pairwise(steps):
-        np.testing.assert_allclose(following.observation.arm.tcp_pose[:3], sent.sent.tcp_pose[:3], atol=1.0)
+        np.testing.assert_allclose(following.observation.arm.tcp_pose[:3], sent.sent.tcp_pose[:3], atol=shortfall_mm)
     assert_each_command_steps_from_the_measured_tcp(keeper)
 
 
@@ -133,7 +138,9 @@ def test_a_new_chunk_can_be_cross_faded_into_the_old_one(robot):
     moves = [float(s.sent.tcp_pose[0] - s.observation.arm.tcp_pose[0]) for s in sent]
     sources = [s.agent_info["exec_source_step"] for s in sent]
     size = {s.agent_info["exec_source_step"]: s.agent_info["step_mm"] for s in sent if "step_mm" in s.agent_info}
-    switches = [i for i in range(1, len(sent) - 1) if sources[i] != sources[i - 1] and sources[i + 1] == sources[i]]
+    clamped = [s.sent.clamped for s in sent]  # a clamped command's move is the safety layer's, not the blend's
+    switches = [i for i in range(1, len(sent) - 1) if sources[i] != sources[i - 1] and sources[i + 1] == sources[i]
+                and not (clamped[i] or clamped[i + 1])]
     assert len(switches) >= 3
     for i in switches:  # 1/3 and 2/3 of the new chunk's step over the first two steps after a switch ...
         old, new = size[sources[i - 1]], size[sources[i]]
@@ -142,7 +149,7 @@ def test_a_new_chunk_can_be_cross_faded_into_the_old_one(robot):
             moves[i + 1] == pytest.approx(new, abs=1e-3)  # ... while the old chunk has steps left
     assert any(moves[i + 1] == pytest.approx(size[sources[i - 1]] + 2 * (size[sources[i]] - size[sources[i - 1]]) / 3,
                                              abs=1e-3) for i in switches)
-    unblended = [i for i in range(2, len(sent)) if sources[i] == sources[i - 1] == sources[i - 2]]
+    unblended = [i for i in range(2, len(sent)) if sources[i] == sources[i - 1] == sources[i - 2] and not clamped[i]]
     assert unblended and all(moves[i] == pytest.approx(size[sources[i]], abs=1e-3) for i in unblended)
 
 
