@@ -17,12 +17,15 @@ from fanvla.config import load_hardware_config
 from policy.runner import EpisodeRunner
 from policy.step_log import step_log_schema
 from robot import latency
+from robot.execution import ExecutionConfig, ExecutionMode
 from robot.factory import open_robot
+from robot.injected_latency import LatencySpec
 from robot.interfaces import CameraFrame
 from robot.runtime import AgentOutput, Observation
 from robot.safety import Command
 from robot.sim.fake_jkrc import TRACKING_LAG_CYCLES
 from tests.collect.record_testing import small_config, write_config
+from tests.robot.execution_testing import StepAgent
 
 CYCLE_S = 0.008
 
@@ -130,4 +133,36 @@ def test_the_policy_step_log_carries_the_per_step_delays(measured_config, tmp_pa
     np.testing.assert_array_equal(rows["observation_to_command_s"][:4], 0.0)  # lock-step: the agent takes no time
     age = rows["capture_to_observation_s"]
     assert np.all((age >= 0) & (age <= 1 / measured_config.camera.color.fps + CYCLE_S + 1e-9))
+    assert meta["hardware_info"]["latency"]["arm"]["command_to_motion_s"]["median"] == pytest.approx(0.024)
+
+
+def test_the_step_log_carries_the_delays_and_the_execution_together(measured_config, tmp_path):
+    """Async execution with injected latency (robot/injected_latency.py) on a measured set-up: each row has the
+    step's measured delays and the execution's keys, and they agree on which ticks sent a command."""
+    injected_s = 0.24  # 30 controller cycles: simulated time advances in whole cycles
+    execution = ExecutionConfig(ExecutionMode.ASYNC, LatencySpec(injected_s * 1000))
+    with open_robot(measured_config, "sim", seed=3) as robot:
+        robot.twin.reset_scene()
+        schema = step_log_schema(measured_config, robot.camera.intrinsics)
+        with EpisodeStore.create(tmp_path / "trials.zarr", schema) as store:
+            EpisodeRunner(robot, StepAgent(), "steps", step_log=store, execution=execution).run_episode(
+                "move along x", max_duration_s=1.5)
+    with EpisodeStore.open(tmp_path / "trials.zarr") as store:
+        rows = store.read_episode(0)
+        meta = store.episode_meta(0)
+    sent, between = rows["command_sent"], rows["exec_in_motion"]
+    assert sent.sum() >= 4 and between.any() and (~sent & ~between).any()  # commands, ticks between them, holds
+    # A command goes out the tick its answer arrives (lock-step: the agent ran while the arm moved, so no time
+    # passes between this tick's observation and the command), planned from an observation injected_s old.
+    np.testing.assert_array_equal(rows["observation_to_command_s"][sent], 0.0)
+    np.testing.assert_allclose(rows["command_to_motion_s"][sent], 0.024)
+    np.testing.assert_allclose(rows["exec_action_age_s"][sent], injected_s, atol=1e-9)
+    assert (rows["exec_source_step"][sent] < np.flatnonzero(sent)).all()
+    # No command at a tick (between commands or held): no command delays, whatever the execution did.
+    for key in ("observation_to_command_s", "command_to_motion_s"):
+        assert np.isnan(rows[key][~sent]).all(), key
+    assert np.isfinite(rows["capture_to_observation_s"]).all()
+    injected = rows["exec_injected_latency_s"]
+    np.testing.assert_allclose(injected[np.isfinite(injected)], injected_s)
+    assert meta["execution"]["mode"] == "async" and meta["execution"]["policy_latency_ms"] == "240"
     assert meta["hardware_info"]["latency"]["arm"]["command_to_motion_s"]["median"] == pytest.approx(0.024)
