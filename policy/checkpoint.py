@@ -44,7 +44,7 @@ from policy.normalization import (
     save_dataset_statistics,
 )
 from policy.openvla import OpenVLA
-from policy.precision import Precision, PrecisionError, resolve_precision, upcast_compute
+from policy.precision import Precision, PrecisionError, resolve_precision
 from policy.processing import PREPROCESSOR_CONFIG_FILE, ImageSettings
 from policy.safetensors_io import (
     Header,
@@ -55,6 +55,7 @@ from policy.safetensors_io import (
     read_tensors,
     write_file,
 )
+from policy.upcast import upcast_compute
 
 log = logging.getLogger(__name__)
 
