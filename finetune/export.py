@@ -93,7 +93,7 @@ def export_run(run_dir: str | Path, step: int | None = None, out: str | None = N
         raise FinetuneError(f"--init {config.init} changed since {run_dir} was trained; its adapter belongs to the "
                             f"weights the run started from")
     check_model_fits(model, data, config.init)
-    module = make_trainable(model, config.replace(gradient_checkpointing=False), held)
+    module = make_trainable(model, config.replace(gradient_checkpointing=False))
     checkpointing.load_trainable(saved, module)
     record_path = run_dir / EXPORT_RECORD_FILE
     record = json.loads(record_path.read_text()) if record_path.is_file() else {"steps": config.steps}

@@ -120,16 +120,11 @@ def check_model_fits(model: OpenVLA, data: TrainingData, init: str) -> None:
                                 f"produces <unk>); use plain ASCII or a model whose tokenizer knows the characters")
 
 
-def make_trainable(model: OpenVLA, config: TrainConfig, precision: Precision) -> nn.Module:
+def make_trainable(model: OpenVLA, config: TrainConfig) -> nn.Module:
     """Full finetuning (every parameter) or peft LoRA on ``model.lora_target_modules()`` (every Linear but lm_head);
     with ``freeze_vision`` the vision towers take no part in either. LoRA adapters are float32 whatever the base's
     dtype (peft's ``autocast_adapter_dtype``), as upstream trains them under bf16 autocast."""
-    if config.gradient_checkpointing or precision.upcast:
-        if not config.gradient_checkpointing:
-            # Upcast compute keeps a float32 copy of every frozen layer that autograd saves for the backward pass
-            # (the whole model in float32); recomputing each layer in backward holds one layer's copy at a time.
-            log.info("bf16 weights computed in float32: activations are recomputed in backward (as with "
-                     "--gradient-checkpointing) so that one layer's float32 copy is alive at a time")
+    if config.gradient_checkpointing:
         model.gradient_checkpointing_enable()
     if config.full:
         for parameter in model.parameters():

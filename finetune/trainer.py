@@ -200,7 +200,7 @@ class _Run:
             self._write_run_config(data)
         prepared = self._prepare(model, data)
         torch.manual_seed(config.seed)
-        module = make_trainable(model, config, self.held).to(self.device).train()
+        module = make_trainable(model, config).to(self.device).train()
         parameters = trainable_parameters(module)
         optimizer = torch.optim.AdamW(parameters.values(), lr=config.lr, weight_decay=config.weight_decay)
         start_step = 0

@@ -34,7 +34,7 @@ from policy.interop import (
     write_processor_files,
 )
 from policy.language_model import DEFAULT_ATTN_IMPLEMENTATION, materialize_meta_buffers
-from policy.memory import MemoryPreflightError, preflight
+from policy.memory import MemoryPreflightError, bound_allocator_retention, preflight
 from policy.normalization import (
     DATASET_STATISTICS_FILE,
     StatisticsError,
@@ -44,7 +44,7 @@ from policy.normalization import (
     save_dataset_statistics,
 )
 from policy.openvla import OpenVLA
-from policy.precision import Precision, PrecisionError, resolve_precision, upcast_compute
+from policy.precision import Precision, PrecisionError, resolve_precision
 from policy.processing import PREPROCESSOR_CONFIG_FILE, ImageSettings
 from policy.safetensors_io import (
     Header,
@@ -55,6 +55,7 @@ from policy.safetensors_io import (
     read_tensors,
     write_file,
 )
+from policy.upcast import upcast_compute
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +65,8 @@ PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json")
 # transformers' default max_shard_size ("5GB"); openvla-7b's 15.08 GB of bf16 weights become 4 shards.
 DEFAULT_MAX_SHARD_BYTES = 5 * 10**9
+# Above this, loading also stops glibc from keeping freed multi-MB blocks (policy.memory.bound_allocator_retention).
+LARGE_MODEL_BYTES = 2**30
 _DTYPE_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
 _LISTED = 8
 
@@ -264,9 +267,12 @@ def load_openvla(path: str | Path, dtype: torch.dtype | str | Precision = torch.
         raise CheckpointError(str(error)) from None
     files = weight_map(model_dir)
     try:
-        preflight(checkpoint_entries(files).values(), precision.weights, device, reserve_bytes, str(model_dir))
+        needed = preflight(checkpoint_entries(files).values(), precision.weights, device, reserve_bytes,
+                           str(model_dir))
     except MemoryPreflightError as error:
         raise CheckpointError(str(error)) from None
+    if needed > LARGE_MODEL_BYTES:
+        bound_allocator_retention()
     with torch.device("meta"):
         model = OpenVLA(config, attn_implementation=attn_implementation)
     load_weights(model, model_dir, precision.weights, device)

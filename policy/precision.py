@@ -13,8 +13,8 @@ docs/benchmarks.md), i.e. hours for one 7B forward. So:
 
 - an explicit ``bf16`` request on such a device is refused with a message saying why and what to use instead;
 - ``auto`` on a bf16 checkpoint keeps the weights in bf16 (half the memory: the 7B fits 24 GiB) and computes in
-  float32: each module's bf16 parameters are upcast for the duration of its forward (``upcast_compute``), one
-  module at a time, so memory stays at the bf16 size plus one layer.
+  float32, converting the weights piece by piece as they are used (``policy.upcast``), so memory stays at the
+  bf16 size.
 """
 
 from __future__ import annotations
@@ -29,7 +29,6 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     import torch
-    from torch import nn
 
 log = logging.getLogger(__name__)
 
@@ -135,44 +134,3 @@ def resolve_precision(choice: str, model_dir: str | Path, device: str | torch.de
     if saved == torch.bfloat16:
         return Precision(torch.bfloat16, torch.bfloat16 if native_bf16(device) else torch.float32)
     return Precision(torch.float32, torch.float32)  # float32 as saved; float16 checkpoints are widened
-
-
-# ------------------------------------------------------------------------------------------ upcast compute
-_HOOKS_ATTRIBUTE = "_fanvla_upcast_hooks"
-
-
-def _upcast_parameters(module: nn.Module, _inputs) -> None:
-    import torch
-    from torch import nn
-
-    stored = {}
-    for name, parameter in module._parameters.items():
-        if parameter is not None and parameter.dtype == torch.bfloat16:
-            stored[name] = parameter
-            module._parameters[name] = nn.Parameter(parameter.float(), requires_grad=False)
-    module._fanvla_stored = stored
-
-
-def _restore_parameters(module: nn.Module, _inputs, _output) -> None:
-    for name, parameter in getattr(module, "_fanvla_stored", {}).items():
-        module._parameters[name] = parameter
-    module._fanvla_stored = {}
-
-
-def upcast_compute(model: nn.Module) -> int:
-    """Make every module with bf16 parameters compute in float32: a forward pre-hook swaps in float32 copies of its
-    own bf16 parameters and a forward hook puts the bf16 ones back. The copies take no gradient: bf16 weights are
-    the frozen base (LoRA adapters are float32, full finetuning holds float32 weights, policy.precision). Returns
-    the number of modules hooked; calling it again is a no-op."""
-    import torch
-
-    hooked = 0
-    for module in model.modules():
-        if getattr(module, _HOOKS_ATTRIBUTE, None):
-            continue
-        if any(p is not None and p.dtype == torch.bfloat16 for p in module._parameters.values()):
-            handles = (module.register_forward_pre_hook(_upcast_parameters),
-                       module.register_forward_hook(_restore_parameters, always_call=True))
-            setattr(module, _HOOKS_ATTRIBUTE, handles)
-            hooked += 1
-    return hooked

@@ -155,3 +155,15 @@ def test_cached_and_recomputed_decoding_agree(tiny_model):
     recomputed = tiny_model.predict_action(images, instructions, use_cache=False)
     np.testing.assert_array_equal(cached.token_ids, recomputed.token_ids)
     np.testing.assert_allclose(cached.bin_probs, recomputed.bin_probs, atol=1e-5)
+
+
+def test_allocator_retention_is_bounded_in_a_child_process():
+    """glibc only: mallopt accepts the threshold (run in a child, the setting is process-wide)."""
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO_ROOT
+
+    code = "from policy.memory import bound_allocator_retention; print(bound_allocator_retention())"
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and result.stdout.strip() == "True", result.stderr

@@ -9,7 +9,8 @@ import torch
 from policy import precision
 from policy.checkpoint import CheckpointError
 from policy.openvla import OpenVLA
-from policy.precision import Precision, PrecisionError, checkpoint_dtype, resolve_precision, upcast_compute
+from policy.precision import Precision, PrecisionError, checkpoint_dtype, resolve_precision
+from policy.upcast import blockwise_linear, upcast_compute
 from tests.policy.conftest import random_images
 
 INSTRUCTIONS = ["pick up the red block", "lift the cup"]
@@ -75,13 +76,31 @@ def test_bf16_weights_computed_in_float32_equal_a_float32_model_of_the_rounded_w
 def test_upcast_leaves_trainable_parameters_alone_and_gradients_reach_them(tiny_model):
     model = OpenVLA(tiny_model.config)
     model.load_state_dict(tiny_model.state_dict())
-    model.to(torch.bfloat16).requires_grad_(False)
+    model.to(torch.bfloat16)
     model.projector.fc3.weight.data = model.projector.fc3.weight.data.float()
-    model.projector.fc3.weight.requires_grad_(True)
     assert upcast_compute(model) > 10 and upcast_compute(model) == 0  # idempotent
+    assert not model.projector.fc1.weight.requires_grad  # bf16 weights are frozen
+    model.projector.fc3.weight.requires_grad_(True)
     model.compute_dtype = torch.float32
     pixels = model.preprocess(random_images(1, seed=1))
     ids = torch.tensor([tiny_model.encode_instructions(["lift the cup"])[0]])
     model(input_ids=ids, pixel_values=pixels).logits.float().sum().backward()
     assert model.projector.fc3.weight.grad is not None and model.projector.fc3.weight.grad.abs().sum() > 0
     assert model.projector.fc1.weight.dtype == torch.bfloat16 and model.projector.fc1.weight.grad is None
+
+
+def test_blockwise_linear_equals_a_float32_linear_and_its_input_gradient():
+    generator = torch.Generator().manual_seed(0)
+    weight = torch.randn(3000, 700, generator=generator).to(torch.bfloat16)  # 4 blocks of 748 rows
+    bias = torch.randn(3000, generator=generator).to(torch.bfloat16)
+    x = torch.randn(2, 5, 700, generator=generator, requires_grad=True)
+    y = blockwise_linear(x, weight, bias)
+    expected_x = x.detach().clone().requires_grad_(True)
+    expected = torch.nn.functional.linear(expected_x, weight.float(), bias.float())
+    torch.testing.assert_close(y, expected, atol=1e-4, rtol=1e-5)
+    upstream = torch.randn(2, 5, 3000, generator=generator)
+    y.backward(upstream)
+    expected.backward(upstream)
+    torch.testing.assert_close(x.grad, expected_x.grad, atol=1e-4, rtol=1e-5)
+    with pytest.raises(RuntimeError, match="frozen"):
+        blockwise_linear(x, weight.float().requires_grad_(True).to(torch.bfloat16).detach().requires_grad_(True))
