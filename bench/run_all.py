@@ -86,7 +86,7 @@ def existing_sections() -> dict[str, str]:
     if not DOC.exists():
         return {}
     parts = re.split(r"(?m)^## ", DOC.read_text())
-    return {part.split("\n", 1)[0].strip(): "## " + part for part in parts[1:]}
+    return {part.split("\n", 1)[0].strip(): "## " + part.rstrip("\n") + "\n" for part in parts[1:]}
 
 
 def main() -> int:

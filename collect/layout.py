@@ -148,6 +148,8 @@ def meta_record(commit: dict[str, Any], noop: dict[str, Any] | None, checksummed
 def build_empty_store(zstore: AtomicLocalStore, schema: StoreSchema, layout: int = SCHEMA_VERSION,
                       extra_attrs: dict[str, Any] | None = None) -> None:
     """Write an empty store. ``layout`` 1 is the layout before checksums (kept to measure their cost)."""
+    if layout not in (1, SCHEMA_VERSION):
+        raise ValueError(f"store layout must be 1 or {SCHEMA_VERSION}, got {layout!r}")
     checksummed = layout >= LAYOUT_WITH_CHECKSUMS
     attrs = {FORMAT_TAG: layout, "software_version": software_version(), "created_at": utc_now_iso(),
              **schema.to_attrs(), **(extra_attrs or {})}
