@@ -32,6 +32,8 @@ BENCHMARKS: dict[str, tuple[str, str, list[str]]] = {
                      "frames delivered well above the camera's 30 fps", []),
     "store_bench": ("episode store write throughput vs the bare codec, bytes per frame per codec",
                     "the store adds little over the codec", ["--depth"]),
+    "store_integrity_bench": ("chunk checksums: recording/reading time with and without them; fault injection per "
+                              "array kind", "checksums cost <= 3 % of recording time; 0 silent corruptions", []),
     "record_bench": ("sustained 30 Hz recording of 640x480 colour + depth on the realtime twin; lock-step throughput",
                      "zero late ticks at 30 Hz", []),
     "policy_predict": ("tiny-model predict latency (B=1) and batch throughput (B=8) on CPU",
@@ -45,6 +47,8 @@ BENCHMARKS: dict[str, tuple[str, str, list[str]]] = {
                               "the loader is never the bottleneck", []),
     "serve_overhead": ("policy server round trip over in-process inference (p50/p99), msgpack vs json_numpy",
                        "our envelope's overhead below json_numpy's", []),
+    "server_load_bench": ("policy server: /health under 200 idle connections + 32 /act clients vs unloaded; 5xx; "
+                          "memory", "/health p99 < 100 ms, no 5xx, memory back to baseline", []),
     "eval_trial_overhead": ("evaluation trial cost per step vs a bare control-loop episode",
                             "the trial runner adds little", []),
 }
@@ -89,7 +93,7 @@ def existing_sections() -> dict[str, str]:
     if not DOC.exists():
         return {}
     parts = re.split(r"(?m)^## ", DOC.read_text())
-    return {part.split("\n", 1)[0].strip(): "## " + part for part in parts[1:]}
+    return {part.split("\n", 1)[0].strip(): "## " + part.rstrip("\n") + "\n" for part in parts[1:]}
 
 
 def main() -> int:

@@ -11,6 +11,9 @@ empty makes the whole store refuse to open. This store keeps Zarr's layout and a
   flush per frame); it is remembered and fsynced, with the directories holding it, by
   :meth:`AtomicLocalStore.sync_to_disk`, which the episode writer calls before writing its commit record.
 
+Every full read of a chunk passes the store's :class:`~collect.integrity.ChunkGuard` (shared by the store's
+clones), which checks that the chunk exists and that its checksum matches before Zarr decodes it.
+
 Crash tests stop a process at named points through :func:`set_fault_hook` (see tests/collect).
 """
 
@@ -27,8 +30,11 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Self
 
-from zarr.core.buffer import Buffer
+from zarr.abc.store import ByteRequest
+from zarr.core.buffer import Buffer, BufferPrototype
 from zarr.storage import LocalStore
+
+from collect.integrity import ChunkGuard
 
 TEMP_SUFFIX = ".tmp"
 SYNC_THREADS = 8
@@ -105,12 +111,30 @@ class _SyncLedger:
 class AtomicLocalStore(LocalStore):
     """``LocalStore`` with atomic, durably ordered writes (see the module docstring)."""
 
-    def __init__(self, root: Path | str, *, read_only: bool = False, _ledger: _SyncLedger | None = None) -> None:
+    def __init__(self, root: Path | str, *, read_only: bool = False, _ledger: _SyncLedger | None = None,
+                 _guard: ChunkGuard | None = None) -> None:
         super().__init__(root, read_only=read_only)
         self._ledger = _ledger or _SyncLedger()
+        self.guard = _guard or ChunkGuard()
 
     def with_read_only(self, read_only: bool = False) -> Self:
-        return type(self)(root=self.root, read_only=read_only, _ledger=self._ledger)
+        return type(self)(root=self.root, read_only=read_only, _ledger=self._ledger, _guard=self.guard)
+
+    # --- reads: every whole chunk is checked (byte ranges are only used by Zarr for sharded arrays: none here) --
+
+    async def get(self, key: str, prototype: BufferPrototype | None = None,
+                  byte_range: ByteRequest | None = None) -> Buffer | None:
+        buffer = await super().get(key, prototype, byte_range)
+        if byte_range is None:
+            self.guard.check(key, None if buffer is None else buffer.to_bytes())
+        return buffer
+
+    def get_sync(self, key: str, *, prototype: BufferPrototype | None = None,
+                 byte_range: ByteRequest | None = None) -> Buffer | None:
+        buffer = super().get_sync(key, prototype=prototype, byte_range=byte_range)
+        if byte_range is None:
+            self.guard.check(key, None if buffer is None else buffer.to_bytes())
+        return buffer
 
     # --- writes -----------------------------------------------------------------------------------------
 

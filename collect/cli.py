@@ -1,4 +1,4 @@
-"""``fanvla collect ...``: inspect, view, merge and filter episode stores.
+"""``fanvla collect ...``: inspect, verify, repair, view, merge and filter episode stores.
 
 Each subcommand is added by one ``_add_<name>(commands)`` function listed in :data:`SUBCOMMANDS`; the
 recorder adds ``record`` the same way. Handlers import their heavy modules lazily and turn store
@@ -42,14 +42,77 @@ def _add_info(commands: argparse._SubParsersAction) -> None:
 @_store_errors_as_user_errors
 def _info(args: argparse.Namespace) -> int:
     from collect.store import EpisodeStore
-    from collect.summary import format_summary, store_summary
+    from collect.summary import format_summary, integrity_summary, store_summary
+    from collect.verify import verify_store
 
     with EpisodeStore.open(args.store, mode="r") as store:
         summary = store_summary(store)
+    # Every low-dim and metadata chunk is read and checked, and every image frame must exist (reading all image
+    # files is `collect verify`'s job: it can take minutes on a large store).
+    report = verify_store(args.store, images="presence")
+    summary["integrity"] = integrity_summary(report)
     if args.json:
         print(json.dumps(summary))
     else:
         print(format_summary(summary))
+        if not report.ok:
+            print(report.text())
+    return 0 if report.ok else 1
+
+
+def _add_verify(commands: argparse._SubParsersAction) -> None:
+    verify = commands.add_parser(
+        "verify", help="read and check every chunk of a store; report damaged episodes (exit code 1 if any)",
+        description="Read every saved chunk of the store: it must exist, match its CRC32C checksum (stores written "
+                    "since checksums) and decode. Prints each damaged episode with the chunk and the problem, the "
+                    "intact episodes, and what could not be checked (stores written before checksums). Exit code 0: "
+                    "all intact; 1: damage found; 2: not a store.")
+    verify.add_argument("store", help="episode store (a .zarr directory)")
+    verify.add_argument("--decode", action="store_true", help="also decode every image frame (slower; the checksum "
+                                                              "already proves the bytes are the ones written)")
+    verify.add_argument("--json", action="store_true", help="print the report as one JSON object")
+    verify.set_defaults(func=_verify)
+
+
+@_store_errors_as_user_errors
+def _verify(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from collect.store_access import check_is_store
+    from collect.verify import verify_store
+
+    check_is_store(Path(args.store))
+    report = verify_store(args.store, images="decode" if args.decode else "checksum")
+    print(json.dumps(report.to_dict()) if args.json else report.text())
+    return 0 if report.ok else 1
+
+
+def _add_repair(commands: argparse._SubParsersAction) -> None:
+    repair = commands.add_parser(
+        "repair", help="keep the intact episodes of a damaged store; move the original aside (--quarantine)",
+        description="Verify the store, copy its intact episodes into a new store (verified, with checksums) that "
+                    "takes the store's name, and move the original directory, with the damaged episodes and a "
+                    "repair_report.json, to a quarantine path beside it. Nothing is deleted. Refused while a "
+                    "recorder has the store open.")
+    repair.add_argument("store", help="episode store (a .zarr directory)")
+    repair.add_argument("--quarantine", action="store_true",
+                        help="required: set the damaged episodes aside (the only repair there is)")
+    repair.add_argument("--to", default=None, help="quarantine path for the original store (default "
+                                                   "<name>.quarantine-<UTC time>.zarr beside it)")
+    repair.set_defaults(func=_repair)
+
+
+@_store_errors_as_user_errors
+def _repair(args: argparse.Namespace) -> int:
+    from collect.repair import repair_store
+    from fanvla.cli import UserError
+
+    if not args.quarantine:
+        raise UserError("repair needs --quarantine: it keeps the intact episodes and moves the original store, with "
+                        "the damaged ones, aside (`fanvla collect verify STORE` only reports)")
+    result = repair_store(args.store, args.to)
+    print(result.report.text())
+    print(result.text())
     return 0
 
 
@@ -175,11 +238,12 @@ def _record(args: argparse.Namespace) -> int:
 
 
 SUBCOMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
-    _add_info, _add_view, _add_merge, _add_filter, _add_record)
+    _add_info, _add_verify, _add_repair, _add_view, _add_merge, _add_filter, _add_record)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    collect = subparsers.add_parser("collect", help="demonstration episode stores: record, info, view, merge, filter")
+    collect = subparsers.add_parser("collect", help="demonstration episode stores: record, info, verify, repair, "
+                                                    "view, merge, filter")
     commands = collect.add_subparsers(dest="collect_command", metavar="COLLECT_COMMAND", required=True)
     for add in SUBCOMMANDS:
         add(commands)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 
 class StoreError(Exception):
     """Base class: the episode store cannot do what was asked; nothing saved was lost."""
@@ -32,4 +34,13 @@ class DiskFullError(StoreError):
 
 
 class CorruptStoreError(StoreError):
-    """A file the store needs cannot be parsed; this is not caused by a crash (writes are atomic)."""
+    """A file the store needs is missing, fails its checksum or cannot be parsed; a crash does not cause this
+    (writes are atomic). ``array``, ``chunk`` and ``episodes`` say where, when known; ``detail`` is the problem
+    in one short line (without the advice)."""
+
+    def __init__(self, message: str, *, array: str | None = None, chunk: str | None = None,
+                 episodes: Sequence[int] | None = None, detail: str | None = None) -> None:
+        super().__init__(message)
+        self.array, self.chunk = array, chunk
+        self.episodes = list(episodes) if episodes is not None else None
+        self.detail = detail or message

@@ -1,7 +1,8 @@
 """A Zarr v3 array-to-bytes codec that stores each chunk (one frame) as a PNG or JPEG file.
 
-Images are chunked one frame per chunk, so every chunk file of ``data/color`` *is* a standalone PNG
-(or JPEG) image: any image viewer opens ``data/color/c/17/0/0/0``. The codec is registered with Zarr
+Images are chunked one frame per chunk, so every chunk file of ``data/color`` *is* a PNG (or JPEG) image,
+followed in layout-2 stores by the 4-byte CRC32C that Zarr's ``crc32c`` codec (next in the pipeline) appends and
+image decoders ignore: any image viewer opens ``data/color/c.17.0.0.0``. The codec is registered with Zarr
 under the name ``fanvla.image`` when this module is imported (``collect.store`` imports it).
 
 - ``png``: lossless, 8-bit RGB or 8/16-bit single channel (depth in mm is 16-bit PNG);

@@ -44,7 +44,8 @@ def merge_stores(out_path: str | os.PathLike[str], sources: Sequence[str | os.Pa
         out = EpisodeStore.create(out_path, schema)
         for source in stores:
             for index in range(source.num_episodes):
-                _copy_episode(source, index, out)
+                copy_episode(source, index, out,
+                             {"merged_from": {"store": str(source.path.resolve()), "episode": index}})
             log.info("merged %d episodes from %s", source.num_episodes, source.path)
         return out
     finally:
@@ -52,18 +53,22 @@ def merge_stores(out_path: str | os.PathLike[str], sources: Sequence[str | os.Pa
             store.close()
 
 
-def _copy_episode(source: EpisodeStore, index: int, out: EpisodeStore) -> int:
+def copy_episode(source: EpisodeStore, index: int, out: EpisodeStore, provenance: dict[str, Any]) -> int:
+    """Copy episode ``index`` of ``source`` into ``out`` (images as their encoded bytes); ``provenance`` joins its
+    metadata (e.g. ``{"merged_from": {...}}``). Every chunk is read through the source's checks, and a frame of a
+    store without checksums is decoded first, so damage is never copied under a fresh checksum."""
     meta = {k: v for k, v in source.episode_meta(index).items() if k not in RESERVED_META_KEYS}
-    meta["merged_from"] = {"store": str(source.path.resolve()), "episode": index}
+    meta.update(provenance)
     span = source.episode_slice(index)
     low_dim = source.read_episode(index, keys=source.schema.low_dim_keys)
+    unchecked = [key for key in source.schema.image_keys if not source.image_checksummed(key)]
     with out.begin_episode(meta) as writer:
         for offset, frame in enumerate(range(span.start, span.stop)):
             step: dict[str, Any] = {key: low_dim[key][offset] for key in source.schema.low_dim_keys}
             for key in source.schema.image_keys:
-                raw = source.raw_image_chunk(key, frame)
-                step[key] = raw if raw is not None else np.zeros(source.schema.keys[key].shape,
-                                                                 source.schema.keys[key].dtype)
+                if key in unchecked:
+                    source.array(key)[frame]  # decodes it: a damaged PNG/JPEG raises CorruptStoreError
+                step[key] = source.raw_image_chunk(key, frame)
             writer.add_step(step)
         return writer.commit()
 

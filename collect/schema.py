@@ -16,7 +16,7 @@ import numpy as np
 
 from collect.noop import NOOP_KEYS, NoopThresholds
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # the store layout written now (1: before chunk checksums; both are read)
 ImageCodecName = Literal["png", "jpeg"]
 
 

@@ -35,19 +35,31 @@ from zarr.core.buffer import default_buffer_prototype
 
 from collect import image_codec
 from collect.atomic_store import AtomicLocalStore, fault_point, iter_temp_files
+from collect.checked_reads import CheckedReads
 from collect.errors import CorruptStoreError, IncompatibleStoreError, StoreError
+from collect.integrity import LAYOUT_WITH_CHECKSUMS, append_checksum
 from collect.layout import (
+    ALWAYS_WRITE,
+    FORMAT_TAG,
     IMAGE_CAPACITY_STEP,
     CommittedArray,
     build_empty_store,
     create_noop_array,
+    meta_record,
     resize_and_write,
     utc_now_iso,
     written_frame_indices,
 )
 from collect.noop import NoopThresholds, episode_noop_mask
-from collect.schema import StoreSchema, schema_differences
+from collect.schema import SCHEMA_VERSION, StoreSchema, schema_differences
 from collect.store_access import acquire_writer_lock, check_is_store, os_error, writer_active
+from collect.store_checks import (
+    EPISODE_ENDS,
+    EPISODE_INFO,
+    check_array_metadata,
+    check_attributes,
+    stored_meta,
+)
 
 log = logging.getLogger(__name__)
 
@@ -55,41 +67,66 @@ RESERVED_META_KEYS = frozenset({"index", "start", "frames"})
 Mode = Literal["r", "a"]
 
 
-class EpisodeStore:
+class EpisodeStore(CheckedReads):
     """An episode store opened for reading (``mode="r"``) or appending (``mode="a"``). Use the classmethods."""
 
-    def __init__(self, path: Path, mode: Mode, *, _lock_fd: int | None) -> None:
+    def __init__(self, path: Path, mode: Mode, *, _lock_fd: int | None, _lenient: bool = False) -> None:
         self.path = path
         self.mode = mode
         self._lock_fd = _lock_fd
         self._zstore = AtomicLocalStore(path, read_only=mode == "r")
+        self._episode_ends: np.ndarray | None = None
+        # Lenient (verify, repair): a damaged episode index is rebuilt from the episodes' metadata if it can be.
+        self.episode_ends_problem: CorruptStoreError | None = None
         try:
-            self._root = zarr.open_group(self._zstore, mode="r" if mode == "r" else "r+")
-            self._meta = self._root["meta"]
-            attrs = self._root.attrs.asdict()
-            self.schema = StoreSchema.from_attrs(attrs)
-            self.attrs = attrs
-            self._data = {key: self._root[f"data/{key}"] for key in self.schema.keys}
-            self._episode_ends_array = self._meta["episode_ends"]
-            self._episode_info_array = self._meta["episode_info"]
-            meta_attrs = self._meta.attrs.asdict()
-            self._commit = dict(meta_attrs["commit"])
-            self._noop = meta_attrs.get("noop")
-            self._noop_array = self._root[f"data/noop/{self._noop['array']}"] if self._noop else None
-        except (KeyError, TypeError, ValueError) as error:
+            try:
+                self._root = zarr.open_group(self._zstore, mode="r" if mode == "r" else "r+")
+                self._meta = self._root["meta"]
+                attrs = self._root.attrs.asdict()
+                self.layout = int(attrs[FORMAT_TAG])
+                self.schema = StoreSchema.from_attrs(attrs)
+                self.attrs = attrs
+                self._data = {key: self._array(f"data/{key}") for key in self.schema.keys}
+                self._episode_ends_array = self._array(EPISODE_ENDS)
+                self._episode_info_array = self._array(EPISODE_INFO)
+                meta_attrs = self._meta.attrs.asdict()
+                self._commit = dict(meta_attrs["commit"])
+                self._noop = meta_attrs.get("noop")
+                self._noop_array = self._array(f"data/noop/{self._noop['array']}") if self._noop else None
+            except (KeyError, TypeError, ValueError) as error:
+                raise CorruptStoreError(f"{path}: the store's layout is damaged ({type(error).__name__}: {error}); "
+                                        f"it was not written by an interrupted fanvla recording (writes are atomic). "
+                                        f"Check the files under {path}") from None
+            check_attributes(path, attrs, meta_attrs, self.layout)
+            check_array_metadata(self)
+            self._writer = None
+            self._capacity_lock = threading.Lock()
+            self._configure_guard()
+            self._episode_ends = self._load_episode_ends(lenient=_lenient)
+        except BaseException:
             self._release_lock()
-            raise CorruptStoreError(f"{path}: the store's layout is damaged ({type(error).__name__}: {error}); "
-                                    f"it was not written by an interrupted fanvla recording (writes are atomic). "
-                                    f"Check the files under {path}") from None
-        self._writer = None
-        self._capacity_lock = threading.Lock()
-        self._episode_ends = np.asarray(self._episode_ends_array[: self.num_episodes], dtype=np.int64)
+            raise
+
+    def _array(self, name: str) -> zarr.Array:
+        """An array of the store; layout 2 writes every chunk that holds saved rows, even one of zeros, so a
+        missing chunk is always damage (layout 1 left all-zero low-dim chunks out: Zarr's default)."""
+        array = self._root[name]
+        return array.with_config(ALWAYS_WRITE) if self.checksummed else array
+
+    @property
+    def checksummed(self) -> bool:
+        """Whether every chunk carries a CRC32C (layout 2 and later); older stores are read without."""
+        return self.layout >= LAYOUT_WITH_CHECKSUMS
 
     # --- opening ------------------------------------------------------------------------------------------
 
     @classmethod
-    def create(cls, path: str | os.PathLike[str], schema: StoreSchema) -> EpisodeStore:
-        """Create a new empty store (built in a temporary directory, then renamed into place) and open it "a"."""
+    def create(cls, path: str | os.PathLike[str], schema: StoreSchema, *, layout: int = SCHEMA_VERSION,
+               extra_attrs: dict[str, Any] | None = None) -> EpisodeStore:
+        """Create a new empty store (built in a temporary directory, then renamed into place) and open it "a".
+
+        ``layout=1`` writes the layout before checksums (only to measure what they cost: bench/store_bench.py);
+        ``extra_attrs`` join the root attributes (``repair`` records what it set aside)."""
         path = Path(path)
         if path.exists():
             raise StoreError(f"{path} already exists; append to it (EpisodeStore.open(path, mode='a'), or resume "
@@ -97,7 +134,7 @@ class EpisodeStore:
         temp_path = path.parent / f".{path.name}.creating-{uuid.uuid4().hex[:8]}"
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            build_empty_store(AtomicLocalStore(temp_path), schema)
+            build_empty_store(AtomicLocalStore(temp_path), schema, layout, extra_attrs)
             os.rename(temp_path, path)  # atomic: the store exists completely or not at all
         except OSError as error:
             shutil.rmtree(temp_path, ignore_errors=True)
@@ -106,7 +143,8 @@ class EpisodeStore:
         return cls.open(path, mode="a")
 
     @classmethod
-    def open(cls, path: str | os.PathLike[str], mode: Mode = "r", expect: StoreSchema | None = None) -> EpisodeStore:
+    def open(cls, path: str | os.PathLike[str], mode: Mode = "r", expect: StoreSchema | None = None, *,
+             _lenient: bool = False) -> EpisodeStore:
         """Open an existing store; a partial tail is discarded (with a log message). ``expect``: refuse a store
         recorded with an incompatible configuration (IncompatibleStoreError names every differing field)."""
         if mode not in ("r", "a"):
@@ -114,7 +152,7 @@ class EpisodeStore:
         path = Path(path)
         check_is_store(path)
         lock_fd = acquire_writer_lock(path) if mode == "a" else None
-        store = cls(path, mode, _lock_fd=lock_fd)
+        store = cls(path, mode, _lock_fd=lock_fd, _lenient=_lenient)
         try:
             if expect is not None:
                 store.check_compatible(expect)
@@ -199,23 +237,21 @@ class EpisodeStore:
     def episode_meta(self, index: int) -> dict[str, Any]:
         """The metadata given at ``begin_episode`` and ``commit``, plus ``index``, ``start`` and ``frames``."""
         index = self._episode_index(index)
-        span = self.episode_slice(index)
-        return {**json.loads(np.asarray(self._episode_info_array[index]).item()), "index": index, "start": span.start,
-                "frames": span.stop - span.start}
+        text = np.asarray(self._read_rows(EPISODE_INFO, self._episode_info_array, index, index + 1)[0]).item()
+        return self._parsed_meta(index, text)
 
     def episodes_meta(self) -> list[dict[str, Any]]:
-        raw = self._episode_info_array[: self.num_episodes] if self.num_episodes else []
-        starts = np.concatenate([[0], self._episode_ends[:-1]]).astype(int)
-        return [{**json.loads(text), "index": i, "start": int(starts[i]),
-                 "frames": int(self._episode_ends[i] - starts[i])}
-                for i, text in enumerate(raw)]
+        raw = self._read_rows(EPISODE_INFO, self._episode_info_array, 0, self.num_episodes)
+        return [self._parsed_meta(i, str(text)) for i, text in enumerate(raw)]
 
     def array(self, key: str) -> CommittedArray:
         """Lazy access to one per-step key, limited to the committed frames (images decode per frame)."""
         if key not in self._data:
             raise KeyError(f"no per-step key {key!r} in {self.path}; it has {sorted(self._data)}")
-        reader = functools.partial(self._read_frame, key) if self.schema.keys[key].is_image else None
-        return CommittedArray(self._data[key], self.num_frames, reader)
+        if self.schema.keys[key].is_image:
+            return CommittedArray(self._data[key], self.num_frames, functools.partial(self._read_frame, key))
+        return CommittedArray(self._data[key], self.num_frames,
+                              read_failed=functools.partial(self._undecodable, f"data/{key}", self._data[key]))
 
     def read_episode(self, index: int, keys: Sequence[str] | None = None) -> dict[str, np.ndarray]:
         """Arrays of one episode (all keys, or ``keys``) plus its ``noop`` mask."""
@@ -228,7 +264,7 @@ class EpisodeStore:
         """(F,) bool, True for no-op steps (all False when the store has no no-op keys)."""
         if self._noop_array is None:
             return np.zeros(self.num_frames, dtype=bool)
-        return np.asarray(self._noop_array[: self.num_frames], dtype=bool)
+        return np.asarray(self._read_rows(self._noop_name, self._noop_array, 0, self.num_frames), dtype=bool)
 
     @property
     def noop_thresholds(self) -> NoopThresholds | None:
@@ -251,30 +287,6 @@ class EpisodeStore:
     def episode_of(self, frames: int | np.ndarray) -> np.ndarray:
         """Episode index of each frame index."""
         return np.searchsorted(self._episode_ends, np.asarray(frames), side="right")
-
-    def raw_image_chunk(self, key: str, index: int) -> bytes | None:
-        """The encoded PNG/JPEG bytes of frame ``index`` of an image key (None if that frame was never written)."""
-        buffer = self._zstore.get_sync(self._image_chunk_key(key, index))
-        return None if buffer is None else buffer.to_bytes()
-
-    def _image_chunk_key(self, key: str, index: int) -> str:
-        array = self._data[key]
-        return f"data/{key}/{array.metadata.encode_chunk_key((int(index),) + (0,) * (array.ndim - 1))}"
-
-    def _image_codec(self, key: str) -> image_codec.ImageCodec:
-        return self._data[key].metadata.codecs[0]
-
-    def _read_frame(self, key: str, index: int) -> np.ndarray:
-        """One frame: its chunk file decoded directly (the chunk *is* the image; Zarr's machinery adds ~1 ms)."""
-        data = self.raw_image_chunk(key, index)
-        spec = self.schema.keys[key]
-        if data is None:
-            return np.zeros(spec.shape, dtype=spec.dtype)
-        frame = image_codec.decode_frame(data, self._image_codec(key).image_format)
-        if frame.shape != spec.shape or frame.dtype != np.dtype(spec.dtype):
-            raise CorruptStoreError(f"{self._image_chunk_key(key, index)} holds a {frame.shape} {frame.dtype} image, "
-                                    f"the store expects {spec.shape} {spec.dtype}")
-        return frame
 
     # --- writing ------------------------------------------------------------------------------------------
 
@@ -311,6 +323,8 @@ class EpisodeStore:
         if not isinstance(frame, bytes):
             codec = self._image_codec(key)
             frame = image_codec.encode_frame(np.ascontiguousarray(frame), codec.image_format, codec.level)
+        if self.image_checksummed(key):
+            frame = append_checksum(frame)
         self._zstore.set_sync(self._image_chunk_key(key, index), default_buffer_prototype().buffer.from_bytes(frame))
 
     def _commit_episode(self, start: int, columns: Mapping[str, np.ndarray], meta: Mapping[str, Any]) -> int:
@@ -327,7 +341,7 @@ class EpisodeStore:
         writes += [(self._data[key], end, None, None) for key in self.schema.image_keys]  # drop spare capacity
         writes.append((self._episode_ends_array, index + 1, slice(index, index + 1), np.array([end], np.int64)))
         writes.append((self._episode_info_array, index + 1, slice(index, index + 1),
-                       np.array([json.dumps(meta)], dtype=object)))
+                       np.array([json.dumps(stored_meta(meta, steps, self.checksummed))], dtype=object)))
         resize_and_write(writes)
         fault_point("commit:before_sync", str(index))
         self._zstore.sync_to_disk()
@@ -340,7 +354,7 @@ class EpisodeStore:
 
     def _write_meta_attrs(self, commit: dict[str, Any], noop: dict[str, Any] | None) -> None:
         """The commit point: one atomic, fsynced replacement of meta/zarr.json; the cache follows only on success."""
-        self._meta.update_attributes({"commit": commit, "noop": noop})
+        self._meta.update_attributes(meta_record(commit, noop, self.checksummed))
         self._commit, self._noop = commit, noop
 
     def _truncate_to_commit(self) -> None:
@@ -368,7 +382,8 @@ class EpisodeStore:
             raise ValueError(f"no-op mask must have shape ({self.num_frames},), got {mask.shape}")
         old_name = self._noop["array"]
         new_name = f"g{int(old_name[1:]) + 1}"
-        new_array = create_noop_array(self._root.require_group("data/noop"), new_name, overwrite=True)
+        new_array = create_noop_array(self._root.require_group("data/noop"), new_name, overwrite=True,
+                                      checksummed=self.checksummed)
         new_array.resize((self.num_frames,))
         new_array[:] = mask
         self._zstore.sync_to_disk()
@@ -378,6 +393,7 @@ class EpisodeStore:
         fault_point("noop:after_switch", new_name)
         self._zstore.sync_to_disk()
         self._noop_array = new_array
+        self._configure_guard()
         self._remove_unused_noop_arrays()
 
     # --- recovery -----------------------------------------------------------------------------------------

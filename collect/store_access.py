@@ -23,6 +23,12 @@ from collect.schema import SCHEMA_VERSION
 
 def check_is_store(path: Path) -> None:
     if not path.exists():
+        interrupted = sorted(path.parent.glob(f".{path.name}.repair-*")) if path.parent.is_dir() else []
+        if interrupted:
+            raise StoreNotFoundError(f"no episode store at {path}: a `fanvla collect repair` was interrupted while "
+                                     f"swapping the stores. The repaired copy is {interrupted[-1]} (rename it to "
+                                     f"{path}); the original is beside it as {path.name.removesuffix('.zarr')}"
+                                     f".quarantine-*.zarr")
         raise StoreNotFoundError(f"no episode store at {path}: the path does not exist (check the path; a new "
                                  f"store is created by recording into it)")
     root_json = path / "zarr.json"
@@ -30,11 +36,14 @@ def check_is_store(path: Path) -> None:
         raise NotAStoreError(f"{path} is not an episode store: it has no zarr.json")
     try:
         attrs = json.loads(root_json.read_text(encoding="utf-8")).get("attributes", {})
-    except (OSError, ValueError) as error:
-        raise CorruptStoreError(f"{root_json} cannot be read ({error})") from None
+    except (OSError, ValueError, AttributeError) as error:
+        raise CorruptStoreError(f"{root_json} cannot be read ({error})", array="zarr.json") from None
     version = attrs.get(FORMAT_TAG)
     if version is None:
         raise NotAStoreError(f"{path} is a Zarr store but not a fanvla episode store (no '{FORMAT_TAG}' attribute)")
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise CorruptStoreError(f"{root_json}: the store layout version {version!r} is not a layout number",
+                                array="zarr.json")
     if version > SCHEMA_VERSION:
         raise NotAStoreError(f"{path} was written by a newer fanvla (store format {version}, this one reads "
                              f"{SCHEMA_VERSION}); upgrade fanvla")

@@ -6,6 +6,7 @@ from collections import Counter
 from typing import Any
 
 from collect.store import EpisodeStore
+from collect.verify import VerifyReport
 
 
 def store_summary(store: EpisodeStore) -> dict[str, Any]:
@@ -51,6 +52,14 @@ def store_summary(store: EpisodeStore) -> dict[str, Any]:
     }
 
 
+def integrity_summary(report: VerifyReport) -> dict[str, Any]:
+    """What ``info`` says about integrity: it checks every low-dim and metadata chunk and that every frame exists."""
+    return {"ok": report.ok, "layout": report.layout, "checksums": report.checksummed,
+            "chunks_checked": report.chunks_checked, "image_frames_present": report.image_frames_checked,
+            "damaged_episodes": report.to_dict()["damaged_episodes"], "unreadable": report.fatal,
+            "not_checked": report.not_checked}
+
+
 def format_summary(summary: dict[str, Any]) -> str:
     lines = [
         f"{summary['path']}: {summary['episodes']} episodes, {summary['frames']} frames "
@@ -74,4 +83,10 @@ def format_summary(summary: dict[str, Any]) -> str:
     shapes = ", ".join(f"{k} {tuple(v['shape'])}" for k, v in summary["keys"].items() if len(v["shape"]) >= 2)
     lines.append(f"  images: {shapes or 'none'}, codec {summary['image_codec']}")
     lines.append(f"  created {summary['created_at']} by fanvla {summary['software_version']}")
+    integrity = summary.get("integrity")
+    if integrity is not None:
+        kind = "CRC32C per chunk" if integrity["checksums"] else "layout 1, no checksums"
+        state = "ok" if integrity["ok"] else f"DAMAGED ({len(integrity['damaged_episodes'])} episodes)"
+        lines.append(f"  integrity ({kind}): {state}: {integrity['chunks_checked']} low-dim and metadata chunks "
+                     f"checked, every image frame present; `fanvla collect verify` reads the frames too")
     return "\n".join(lines)

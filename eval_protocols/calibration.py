@@ -176,14 +176,14 @@ def _suspect_point(table_xy_mm: np.ndarray, pixels: np.ndarray, intrinsics: Intr
 
 def read_points_file(path: str | Path) -> tuple[np.ndarray, np.ndarray, Intrinsics | None]:
     """A YAML file of ``points: [{x_mm, y_mm, u_px, v_px}, ...]`` and optional ``intrinsics: {width, ...}``."""
-    import yaml
+    from fanvla.yaml_loader import YamlError, excerpt, load_yaml
 
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = load_yaml(path.read_text(encoding="utf-8"), str(path))  # strict: duplicate keys, alias bombs
     except FileNotFoundError:
         raise CalibrationError(f"points file not found: {path}") from None
-    except (OSError, yaml.YAMLError) as error:
+    except (OSError, YamlError) as error:
         raise CalibrationError(f"cannot read {path}: {error}") from None
     points = data.get("points") if isinstance(data, dict) else None
     if not isinstance(points, list):
@@ -191,19 +191,27 @@ def read_points_file(path: str | Path) -> tuple[np.ndarray, np.ndarray, Intrinsi
     rows = []
     for number, point in enumerate(points, start=1):
         try:
-            rows.append([float(point[key]) for key in ("x_mm", "y_mm", "u_px", "v_px")])
+            rows.append([_number(point[key]) for key in ("x_mm", "y_mm", "u_px", "v_px")])
         except (KeyError, TypeError, ValueError):
-            raise CalibrationError(f"{path}: point {number} = {point!r} needs numbers x_mm, y_mm, u_px, v_px") from None
+            raise CalibrationError(f"{path}: point {number} = {excerpt(point)} needs numbers x_mm, y_mm, u_px, "
+                                   f"v_px") from None
     table = np.asarray(rows, dtype=np.float64).reshape(-1, 4)
     intrinsics = None
     if isinstance(data.get("intrinsics"), dict):
         k = data["intrinsics"]
         try:
-            intrinsics = Intrinsics(int(k["width"]), int(k["height"]), float(k["fx"]), float(k["fy"]),
-                                    float(k["ppx"]), float(k["ppy"]))
+            intrinsics = Intrinsics(int(_number(k["width"])), int(_number(k["height"])), _number(k["fx"]),
+                                    _number(k["fy"]), _number(k["ppx"]), _number(k["ppy"]))
         except (KeyError, TypeError, ValueError):
-            raise CalibrationError(f"{path}: intrinsics need width, height, fx, fy, ppx, ppy") from None
+            raise CalibrationError(f"{path}: intrinsics need numbers width, height, fx, fy, ppx, ppy") from None
     return table[:, :2], table[:, 2:], intrinsics
+
+
+def _number(value: Any) -> float:
+    """A YAML number; a boolean (true, yes, on) is not one, although Python would read it as 1."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"not a number: {value!r:.40}")
+    return float(value)
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -9,8 +9,9 @@ Routes::
     POST /api/stop         end the running trial early (phase running)
     POST /api/score        {"success": true|false, "note": "..."} (phase scoring)
 
-A button pressed in the wrong phase answers 409 with the reason; bad JSON answers 400. The server listens on
-127.0.0.1 only: the console moves a robot arm and has no login.
+A button pressed in the wrong phase answers 409 with the reason; bad JSON answers 400. The console starts robot
+trials, so it is locked down (``eval_protocols/console_security.py``): 127.0.0.1 only, Host and Origin checks, a
+random per-run token in the URL it prints (then a cookie), and a CSRF token for every POST.
 """
 
 from __future__ import annotations
@@ -23,7 +24,9 @@ from pathlib import Path
 import numpy as np
 from flask import Flask, Response, jsonify, request, send_from_directory
 
+from eval_protocols import console_security
 from eval_protocols.calibration import TableCalibration, draw_placement
+from eval_protocols.console_security import ConsoleSecrets
 from eval_protocols.console_session import ConsoleSession, PhaseError
 from robot.scene import SceneSpec
 
@@ -32,6 +35,7 @@ log = logging.getLogger(__name__)
 ASSETS_DIR = Path(__file__).resolve().parent / "console"
 JPEG_QUALITY = 80
 LOOPBACK = "127.0.0.1"
+CSRF_PLACEHOLDER = "__FANVLA_CSRF__"  # in index.html, replaced by the run's CSRF token
 
 
 def _placement_frame(frame_source: Callable[[], np.ndarray], session: ConsoleSession,
@@ -44,15 +48,20 @@ def _placement_frame(frame_source: Callable[[], np.ndarray], session: ConsoleSes
 
 
 def create_console_app(session: ConsoleSession, frame_source: Callable[[], np.ndarray],
-                       calibration: TableCalibration | None) -> Flask:
-    """``frame_source()`` returns the newest RGB frame (e.g. ``lambda: robot.camera.latest().color``)."""
+                       calibration: TableCalibration | None, keys: ConsoleSecrets | None = None) -> Flask:
+    """``frame_source()`` returns the newest RGB frame (e.g. ``lambda: robot.camera.latest().color``); ``keys``:
+    the run's login and CSRF tokens (new random ones unless given; ``app.config["CONSOLE_SECRETS"]``)."""
     import cv2
 
     app = Flask("fanvla-eval-console", static_folder=None)
+    keys = keys or ConsoleSecrets.new()
+    app.config["CONSOLE_SECRETS"] = keys
+    console_security.install(app, keys)
+    page = (ASSETS_DIR / "index.html").read_text(encoding="utf-8").replace(CSRF_PLACEHOLDER, keys.csrf)
 
     @app.get("/")
     def index() -> Response:
-        return send_from_directory(ASSETS_DIR, "index.html")
+        return Response(page, mimetype="text/html")
 
     @app.get("/assets/<path:name>")
     def asset(name: str) -> Response:
@@ -110,15 +119,21 @@ class ConsoleServer:
         from werkzeug.serving import make_server
 
         if host not in (LOOPBACK, "localhost", "::1"):
-            raise ValueError(f"the operator console listens on loopback only (it moves the arm and has no login); "
-                             f"got host {host!r}")
+            raise ValueError(f"the operator console listens on loopback only (it moves the arm); got host {host!r}")
         self._server = make_server(host, port, app, threaded=True)
         self.host, self.port = host, int(self._server.server_port)
+        self._token = app.config["CONSOLE_SECRETS"].token
         self._thread: threading.Thread | None = None
 
     @property
+    def base_url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}/"
+
+    @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}/"
+        """The URL to open: it carries the run's token (the page then keeps it in a cookie)."""
+        return f"{self.base_url}?{console_security.TOKEN_PARAM}={self._token}"
 
     def start(self) -> ConsoleServer:
         self._thread = threading.Thread(target=self._server.serve_forever, name="eval-console", daemon=True)

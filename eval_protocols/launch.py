@@ -113,7 +113,7 @@ def _judge(robot, options: RunOptions, stack: ExitStack, on_console: Callable[[s
     stack.callback(session.close)
     app = create_console_app(session, lambda: robot.camera.latest().color, calibration)
     server = stack.enter_context(ConsoleServer(app, options.console_port))
-    log.info("operator console: %s", server.url)
+    log.info("operator console: %s (its URL with the run's token is printed on stdout, not logged)", server.base_url)
     if on_console is not None:
         on_console(server.url)
     return OperatorJudge(robot, session)

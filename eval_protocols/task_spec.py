@@ -30,8 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from fanvla.yaml_loader import YamlError, load_yaml
 from robot.scene import PerturbationRanges, SceneSampler, SceneSpec
 
 BUILTIN_TASKS_DIR = Path(__file__).resolve().parent / "tasks"
@@ -135,9 +134,9 @@ def load_task(path: str | Path, scene_config=None) -> TaskSpec:
     except OSError as error:
         raise TaskFileError(f"cannot read task file {path}: {error.strerror}") from None
     try:
-        data = yaml.safe_load(raw)
-    except yaml.YAMLError as error:
-        raise TaskFileError(f"{path} is not valid YAML: {error}") from None
+        data = load_yaml(raw, str(path))  # the strict loader of hardware.yaml: duplicate keys, alias bombs
+    except YamlError as error:
+        raise TaskFileError(str(error)) from None
     if not isinstance(data, dict):
         raise TaskFileError(f"{path}: expected a mapping of task keys ({', '.join(REQUIRED_KEYS)}), "
                             f"got {type(data).__name__}")

@@ -11,9 +11,9 @@ import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from fanvla.yaml_loader import YamlError, boolean_numbers, excerpt, load_yaml
 from robot.units import deg_to_rad
 
 ENV_CONFIG = "FANVLA_HARDWARE"
@@ -343,15 +343,19 @@ def _format_errors(error: ValidationError, origin: str) -> str:
         if item["type"] == "missing":
             lines.append(f"  {key}: required key is missing")
         elif item["type"] == "extra_forbidden":
-            lines.append(f"  {key}: unknown key (value {value!r}); check its spelling")
-        else:
-            lines.append(f"  {key} = {value!r}: {message}{_field_bounds(item['loc'])}")
+            lines.append(f"  {key}: unknown key (value {excerpt(value)}); check its spelling")
+        else:  # the value's text is cut short: a huge value (e.g. an expanded alias) must not make a huge message
+            lines.append(f"  {key} = {excerpt(value)}: {message}{_field_bounds(item['loc'])}")
     return "\n".join(lines)
 
 
 def _validate(data: Any, origin: str, source_path: str | None) -> HardwareConfig:
     if not isinstance(data, dict):
         raise ConfigError(f"{origin}: expected a mapping at the top level, got {type(data).__name__}")
+    booleans = boolean_numbers(data, HardwareConfig)
+    if booleans:  # pydantic would read true as 1.0 (YAML also reads yes/no/on/off as booleans)
+        raise ConfigError("\n".join([f"{origin} is invalid:", *(f"  {key}: a number is required, not a boolean "
+                                                                  f"(true/false/yes/no/on/off)" for key in booleans)]))
     try:
         return HardwareConfig.model_validate({**data, "source_path": source_path})
     except ValidationError as error:
@@ -376,9 +380,9 @@ def load_hardware_config(path: str | os.PathLike[str] | None = None) -> Hardware
     except OSError as error:
         raise ConfigError(f"cannot read hardware config {config_path}: {error.strerror}") from None
     try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as error:
-        raise ConfigError(f"{config_path} is not valid YAML: {error}") from None
+        data = load_yaml(text, str(config_path))  # duplicate keys and alias bombs are errors (fanvla/yaml_loader.py)
+    except YamlError as error:
+        raise ConfigError(str(error)) from None
     return _validate(data, origin=str(config_path), source_path=str(config_path))
 
 

@@ -12,10 +12,11 @@ seeds or methods on the same stores validate on the same episodes.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -105,19 +106,22 @@ class _StoreColumns:
     image_shape: tuple[int, int, int]
 
 
-def _open_store(path: str | Path):
+@contextlib.contextmanager
+def store_errors() -> Iterator[None]:
+    """Store errors (a missing store, a chunk that is missing or fails its checksum) as FinetuneError: every read
+    of the store is checked (collect/integrity.py), so damaged data stops the run instead of being trained on."""
     from collect.errors import StoreError
-    from collect.store import EpisodeStore
 
     try:
-        return EpisodeStore.open(path, mode="r")
+        yield
     except StoreError as error:
         raise FinetuneError(f"cannot read the episode store: {error}") from None
 
 
 def _read_store(path: str | Path, spec: ActionSpaceSpec) -> _StoreColumns:
-    store = _open_store(path)
-    try:
+    from collect.store import EpisodeStore
+
+    with store_errors(), EpisodeStore.open(path, mode="r") as store:
         if store.num_episodes == 0:
             raise FinetuneError(f"{path} has no saved episodes: record demonstrations into it first "
                                 f"(fanvla collect record ... --out {path}), or check the path")
@@ -126,7 +130,8 @@ def _read_store(path: str | Path, spec: ActionSpaceSpec) -> _StoreColumns:
             raise FinetuneError(f"{path} has no '{IMAGE_KEY}' images (keys: {sorted(keys)}); the policy needs them")
         image = keys[IMAGE_KEY]
         if image.dtype != "uint8" or len(image.shape) != 3 or image.shape[2] != 3:
-            raise FinetuneError(f"{path}: '{IMAGE_KEY}' is {image.dtype} {image.shape}, expected uint8 (H, W, 3) RGB")
+            raise FinetuneError(f"{path}: '{IMAGE_KEY}' is {image.dtype} {image.shape}, expected uint8 (H, W, 3) "
+                                f"RGB")
         needed = [*spec.required_keys, GRIPPER_STATE_KEY]
         missing = [key for key in needed if key not in keys]
         if missing:
@@ -136,10 +141,8 @@ def _read_store(path: str | Path, spec: ActionSpaceSpec) -> _StoreColumns:
         columns = {key: np.asarray(store.array(key)[:]) for key in low_dim}
         metas = store.episodes_meta()
         raw_infos = [json.dumps(meta, sort_keys=True, default=str) for meta in metas]
-        return _StoreColumns(Path(path), str(store.attrs.get("created_at", "")), store.episode_ends, metas, raw_infos,
-                             columns, store.noop_mask(), tuple(image.shape))
-    finally:
-        store.close()
+        return _StoreColumns(Path(path), str(store.attrs.get("created_at", "")), store.episode_ends, metas,
+                             raw_infos, columns, store.noop_mask(), tuple(image.shape))
 
 
 def _store_sha256(columns: _StoreColumns) -> str:

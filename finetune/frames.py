@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from finetune.data import IMAGE_KEY, SampleTable
+from finetune.data import IMAGE_KEY, SampleTable, store_errors
 from policy.processing import DEFAULT_CROP_AREA, center_crop_box
 
 log = logging.getLogger(__name__)
@@ -73,10 +73,17 @@ def _decode_into(target: np.ndarray, rows: range, readers: list[Callable[[int], 
 def build_frame_file(path: Path, store_paths: list[Path], table: SampleTable, size: int, center_crop: bool,
                      threads: int, exact: bool) -> None:
     """Decode and resize every frame of ``table`` into ``path`` (.npy), written to a temporary name and renamed."""
-    from collect.store import EpisodeStore
 
     path.parent.mkdir(parents=True, exist_ok=True)
     temp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    with store_errors():  # a frame that is missing or fails its checksum stops the run, naming the chunk
+        _decode_frames(temp, path, store_paths, table, size, center_crop, threads, exact)
+
+
+def _decode_frames(temp: Path, path: Path, store_paths: list[Path], table: SampleTable, size: int,
+                   center_crop: bool, threads: int, exact: bool) -> None:
+    from collect.store import EpisodeStore
+
     stores = [EpisodeStore.open(p, mode="r") for p in store_paths]
     started = time.perf_counter()
     try:

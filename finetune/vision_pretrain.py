@@ -26,7 +26,7 @@ from torch import nn
 from finetune.augment import center_windows, normalize_pixels, to_unit_float, training_pixels
 from finetune.batches import SampleStream, evaluation_rows
 from finetune.config import FinetuneError, scheduled_lr
-from finetune.data import SampleTable, TrainingData, load_training_data
+from finetune.data import SampleTable, TrainingData, load_training_data, store_errors
 from finetune.frames import crop_source_size, ensure_frame_file, frame_file, open_frame_file
 from robot.gripper import OPEN_THRESHOLD  # below it a gripper command or state is "closed"
 
@@ -121,7 +121,7 @@ def _store_columns(paths: list[Path]) -> tuple[list[dict[str, np.ndarray]], list
 
     columns, spans = [], []
     for path in paths:
-        with EpisodeStore.open(path, mode="r") as store:
+        with store_errors(), EpisodeStore.open(path, mode="r") as store:
             missing = [key for key in (TCP_KEY, GRIPPER_COMMAND_KEY) if key not in store.schema.keys]
             if missing:
                 raise FinetuneError(f"{path} lacks {missing}: the vision pretraining targets come from them")

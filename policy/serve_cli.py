@@ -9,6 +9,7 @@ from typing import Any
 
 from policy.action_space import ActionSpace
 from policy.precision import DTYPE_CHOICES
+from policy.server_limits import ConnectionLimits
 from policy.server_validation import RequestLimits
 from robot.injected_latency import LatencySpec
 
@@ -46,6 +47,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     serve.add_argument("--policy-latency-ms", default="0", metavar="N|N+-M",
                        help="add N ms (or uniformly N-M..N+M ms) before every /act answer: rehearse a slower model "
                             "(e.g. 150 for OpenVLA-7B on a workstation GPU); shown in /metadata (default 0)")
+    defaults = ConnectionLimits()
+    serve.add_argument("--max-connections", type=int, default=defaults.max_connections,
+                       help="open connections at most (waitress); more wait in the listen queue")
+    serve.add_argument("--max-connections-per-client", type=int, default=defaults.max_connections_per_client,
+                       help="open connections from one address other than loopback")
+    serve.add_argument("--idle-timeout-s", type=float, default=defaults.idle_timeout_s,
+                       help="close a connection idle this long")
+    serve.add_argument("--request-timeout-s", type=float, default=defaults.request_timeout_s,
+                       help="close a connection that has not sent a whole request (headers and body) this long after "
+                            "its first byte")
+    serve.add_argument("--max-request-rate", type=float, default=defaults.max_requests_per_s,
+                       help="requests per second on one connection from an address other than loopback (429 beyond)")
     serve.set_defaults(func=_serve)
 
 
@@ -58,12 +71,14 @@ def _serve(args: argparse.Namespace) -> int:
         check_exposure(args.host, token)
         limits = RequestLimits(max_body_bytes=int(args.max_body_mb * 2**20), max_batch=args.max_batch)
         latency = LatencySpec.parse(args.policy_latency_ms)
+        connections = ConnectionLimits(args.max_connections, args.max_connections_per_client, args.idle_timeout_s,
+                                       args.request_timeout_s, args.max_request_rate)
         if not Path(args.checkpoint).is_dir():
             raise ValueError(f"cannot serve {args.checkpoint}: not a directory (give a model directory: openvla-7b "
                              f"layout, `fanvla policy init-tiny` or `fanvla finetune` output)")
     except (ServerConfigError, ValueError) as error:
         raise UserError(str(error)) from None
-    server, checkpoint_id = _build_server(args, token, limits, latency)
+    server, checkpoint_id = _build_server(args, token, limits, latency, connections)
     print(f"{READY_PREFIX} {server.url} checkpoint {checkpoint_id} ({args.wsgi}, {args.http_threads} request "
           f"threads{', token required' if token else ''}"
           f"{f', {latency} ms added to every answer' if latency.enabled else ''})", flush=True)
@@ -75,7 +90,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _build_server(args: argparse.Namespace, token: str | None, limits: RequestLimits,
-                  latency: LatencySpec) -> tuple[Any, str]:
+                  latency: LatencySpec, connections: ConnectionLimits) -> tuple[Any, str]:
     from dataclasses import replace
 
     from fanvla.cli import UserError
@@ -95,7 +110,7 @@ def _build_server(args: argparse.Namespace, token: str | None, limits: RequestLi
     limits = replace(limits, state_dim=engine.deployment.state_dim)
     try:
         server = PolicyServer(create_app(engine, limits, token, latency), args.host, args.port, args.wsgi,
-                              args.http_threads, limits.max_body_bytes)
+                              args.http_threads, limits.max_body_bytes, connections)
     except OSError as error:
         raise UserError(f"cannot listen on {args.host}:{args.port}: {error}") from None
     return server, engine.checkpoint_id

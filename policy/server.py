@@ -6,7 +6,8 @@ Request handling is layered: wire decode -> validate (``policy.server_validation
 the field; a 5xx only ever means the server itself failed, and the server keeps answering either way.
 
 Authentication is a bearer token compared in constant time; it is mandatory whenever the server listens on
-anything but loopback (``check_exposure`` refuses to start otherwise).
+anything but loopback (``check_exposure`` refuses to start otherwise). Connection limits, timeouts, the token
+check before a body is read, rate limits and ``/health`` on the network thread: ``policy/server_limits.py``.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from policy.protocol import (
     server_timing_header,
 )
 from policy.server_auth import ServerConfigError, bearer_token_matches
+from policy.server_limits import UNAUTHORIZED_MESSAGE, ConnectionLimits, create_policy_wsgi_server
 from policy.server_validation import ActRequest, RequestError, RequestLimits, invalid, parse_act_request
 from policy.wire import CONTENT_TYPE_JSON, CONTENT_TYPE_MSGPACK, encode_openvla_reply
 from robot.injected_latency import LatencySpec
@@ -62,7 +64,8 @@ class _Counters:
 
 
 def _error(status: int, kind: str, message: str, field: str = "") -> Response:
-    response = jsonify(error_document(status, kind, message, field))
+    error = RequestError(status, kind, message, field)  # cuts the message and field short
+    response = jsonify(error_document(status, kind, error.message, error.field))
     response.status_code = status
     return response
 
@@ -77,6 +80,7 @@ def create_app(engine: InferenceEngine, limits: RequestLimits | None = None, tok
     app = Flask("fanvla.policy_server")
     app.config["MAX_CONTENT_LENGTH"] = limits.max_body_bytes  # larger bodies: 413 before they are read
     expected = None if token is None else token.encode("utf-8")
+    app.config["FANVLA_TOKEN"] = expected  # PolicyServer checks it before reading a body (server_limits.py)
     counters = _Counters(time.monotonic())
 
     @app.before_request
@@ -85,8 +89,7 @@ def create_app(engine: InferenceEngine, limits: RequestLimits | None = None, tok
             return None
         if bearer_token_matches(request.headers.get("Authorization", ""), expected):
             return None
-        response = _error(401, "unauthorized", "missing or wrong bearer token: send 'Authorization: Bearer <token>' "
-                                               "with the server's token")
+        response = _error(401, "unauthorized", UNAUTHORIZED_MESSAGE)
         response.headers["WWW-Authenticate"] = 'Bearer realm="fanvla"'
         return response
 
@@ -178,26 +181,19 @@ class PolicyServer:
     blocks (``fanvla serve``). Port 0 picks a free port; ``url`` tells which."""
 
     def __init__(self, app: Flask, host: str = "127.0.0.1", port: int = 8000, wsgi: WsgiServerName = "waitress",
-                 http_threads: int = 4, max_body_bytes: int = RequestLimits.max_body_bytes) -> None:
+                 http_threads: int = 4, max_body_bytes: int = RequestLimits.max_body_bytes,
+                 connection_limits: ConnectionLimits | None = None) -> None:
         if wsgi not in WSGI_SERVERS:
             raise ServerConfigError(f"unknown WSGI server {wsgi!r}; choose one of {', '.join(WSGI_SERVERS)}")
         # One listening address: "localhost" may resolve to both 127.0.0.1 and ::1.
         self.host = "127.0.0.1" if host.strip().lower() == "localhost" else host
         self.wsgi = wsgi
+        self.connection_limits = connection_limits or ConnectionLimits()
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
         if wsgi == "waitress":
-            import waitress
-
-            # waitress' own limit is only an outer guard: Flask answers oversized bodies with a JSON 413 first.
-            # Reading up to 1 MiB per socket read (default 18 kB) takes a camera frame in a few loop passes
-            # instead of dozens: measured 7 -> 3.5 ms of round-trip overhead for a 150 kB request.
-            self._server: Any = waitress.create_server(app, host=self.host, port=port, threads=http_threads,
-                                                       max_request_body_size=2 * max_body_bytes + (1 << 20),
-                                                       recv_bytes=1 << 20, ident="fanvla")
-            if not hasattr(self._server, "effective_port"):  # several sockets: one per address the name resolves to
-                self._server.close()
-                raise ServerConfigError(f"{host!r} resolves to several addresses; give one IP address to listen on")
+            self._server: Any = create_policy_wsgi_server(app, self.host, port, http_threads, max_body_bytes,
+                                                          self.connection_limits, app.config.get("FANVLA_TOKEN"))
             self.port = int(self._server.effective_port)
         else:
             from werkzeug.serving import make_server

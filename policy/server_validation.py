@@ -7,6 +7,7 @@ client never has to guess. Nothing here imports torch: the checks are cheap and 
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -28,12 +29,27 @@ from policy.protocol import (
 from policy.wire import CONTENT_TYPE_JSON, CONTENT_TYPE_MSGPACK, WireError, decode, decode_openvla_request
 
 MAX_WIRE_DEPTH = 8  # request documents are 4 levels deep at most
+MAX_FIELD_CHARS = 120  # error documents and log lines stay short, whatever a request holds
+MAX_MESSAGE_CHARS = 400
+NAMES_SHOWN = 5
+
+
+def few_names(names: list[str] | set[str]) -> str:
+    """At most a few names, each cut short: ``['a', 'b', ...] (and 999995 more)``."""
+    shown = [name if len(name) <= 40 else name[:37] + "..." for name in heapq.nsmallest(NAMES_SHOWN, map(str, names))]
+    more = len(names) - len(shown)
+    return f"{shown}" + (f" (and {more} more)" if more > 0 else "")
+
+
+def _cut(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 class RequestError(Exception):
     """A client error: ``status`` (4xx), ``kind`` (short name), ``field`` (path, "" = whole body), ``message``."""
 
     def __init__(self, status: int, kind: str, message: str, field: str = "") -> None:
+        field, message = _cut(field, MAX_FIELD_CHARS), _cut(message, MAX_MESSAGE_CHARS)
         super().__init__(f"{field or '<body>'}: {message}")
         self.status, self.kind, self.field, self.message = status, kind, field, message
 
@@ -120,9 +136,9 @@ def parse_act_request(body: bytes, content_type: str | None, limits: RequestLimi
 def _check_fields(document: Any, allowed: frozenset[str], path: str, what: str) -> Mapping[str, Any]:
     if not isinstance(document, dict):
         raise invalid(path, f"{what} must be a map, got {type(document).__name__}")
-    unknown = sorted(set(document) - allowed)
+    unknown = set(document) - allowed
     if unknown:
-        raise invalid(path, f"unknown fields {unknown}; {what} takes {sorted(allowed)}")
+        raise invalid(path, f"unknown fields {few_names(unknown)}; {what} takes {sorted(allowed)}")
     return document
 
 

@@ -4,6 +4,9 @@
 const STATE_POLL_MS = 300;
 const FRAME_POLL_MS = 250;
 const $ = (id) => document.getElementById(id);
+// Every POST carries the page's CSRF token (the server refuses it otherwise; see console_security.py).
+const CSRF_TOKEN = document.querySelector('meta[name="fanvla-csrf"]').content;
+const LOGIN_HINT = "not logged in: open the URL that 'fanvla eval run' printed for this run";
 let lastSequence = -1;
 
 function buttonsFor(phase) {
@@ -41,6 +44,7 @@ async function pollState() {
   try {
     const response = await fetch("/api/state", { cache: "no-store" });
     if (response.ok) { render(await response.json()); }
+    else if (response.status === 401) { showMessage(LOGIN_HINT, true); }
   } catch (error) {
     showMessage("the evaluation is not answering (did 'fanvla eval run' stop?)", true);
   }
@@ -59,7 +63,8 @@ async function press(path, body) {
   for (const id of ["start", "stop", "success", "failure"]) { $(id).disabled = true; }
   try {
     const response = await fetch(path, {
-      method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body || {}),
+      method: "POST", headers: { "Content-Type": "application/json", "X-CSRF-Token": CSRF_TOKEN },
+      body: JSON.stringify(body || {}),
     });
     const answer = await response.json();
     showMessage(answer.message, !answer.ok);

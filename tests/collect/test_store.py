@@ -6,7 +6,9 @@ import json
 import logging
 import multiprocessing
 import pickle
+import struct
 
+import google_crc32c
 import imagecodecs
 import numpy as np
 import pytest
@@ -38,7 +40,7 @@ def test_layout_attributes_and_chunks_on_disk(store_path):
         record_episode(store, seed=0, steps=5)
     root = zarr.open_group(store_path, mode="r")
     attrs = root.attrs.asdict()
-    assert attrs["fanvla_episode_store"] == 1 and attrs["software_version"] == __version__
+    assert attrs["fanvla_episode_store"] == 2 and attrs["software_version"] == __version__
     assert attrs["units"]["joints_rad"] == "rad" and attrs["units"]["depth_mm"] == "mm"
     assert attrs["units"]["tcp_pose"].startswith("x_mm")
     assert attrs["camera_intrinsics"] == INTRINSICS
@@ -49,8 +51,11 @@ def test_layout_attributes_and_chunks_on_disk(store_path):
     assert root["meta/episode_ends"][:].tolist() == [5]
     assert json.loads(root["meta/episode_info"][0:1][0])["object"] == "red_cube"
     assert root["meta"].attrs["commit"]["episodes"] == 1 and root["meta"].attrs["commit"]["frames"] == 5
-    # One frame per chunk, and each chunk file is a plain PNG image (colour) / 16-bit PNG (depth).
-    frame = imagecodecs.png_decode((store_path / "data" / "color" / "c.3.0.0.0").read_bytes())
+    # One frame per chunk, and each chunk file is a PNG image (colour) / 16-bit PNG (depth) followed by the CRC32C
+    # of its bytes (4 bytes, little-endian: Zarr's crc32c codec), which image decoders ignore.
+    chunk = (store_path / "data" / "color" / "c.3.0.0.0").read_bytes()
+    assert chunk[:8] == b"\x89PNG\r\n\x1a\n" and chunk[-4:] == struct.pack("<I", google_crc32c.value(chunk[:-4]))
+    frame = imagecodecs.png_decode(chunk)
     np.testing.assert_array_equal(frame, make_step(0, 3, schema)["color"])
     depth = imagecodecs.png_decode((store_path / "data" / "depth_mm" / "c.3.0.0").read_bytes())
     assert depth.dtype == np.uint16

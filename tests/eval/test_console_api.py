@@ -18,10 +18,18 @@ def session():
     return ConsoleSession()
 
 
+def logged_in(app):
+    """A test client that opened the run's URL (cookie) and sends the page's CSRF token with every request."""
+    keys = app.config["CONSOLE_SECRETS"]
+    client = app.test_client()
+    assert client.get(f"/?token={keys.token}").status_code == 303
+    client.environ_base["HTTP_X_CSRF_TOKEN"] = keys.csrf
+    return client
+
+
 @pytest.fixture()
 def client(session):
-    app = create_console_app(session, lambda: np.zeros((48, 64, 3), np.uint8), None)
-    return app.test_client()
+    return logged_in(create_console_app(session, lambda: np.zeros((48, 64, 3), np.uint8), None))
 
 
 def _until_phase(session: ConsoleSession, phase: str) -> None:
@@ -81,7 +89,7 @@ def test_camera_failure_answers_503_and_closing_wakes_the_runner(session):
     def broken() -> np.ndarray:
         raise TimeoutError("no frame within 2 s")
 
-    client = create_console_app(session, broken, None).test_client()
+    client = logged_in(create_console_app(session, broken, None))
     answer = client.get("/frame.jpg")
     assert answer.status_code == 503 and b"no frame within 2 s" in answer.data
     _show(session)

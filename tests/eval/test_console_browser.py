@@ -80,6 +80,13 @@ def _marker_pixels_near(jpeg: bytes, centre_px: np.ndarray, radius_px: float = 2
     return int((close & near).sum())
 
 
+def _login(url: str) -> tuple[requests.Session, str]:
+    """A client that opened the console's URL (it carries the run's token; the console answers with a cookie)."""
+    operator = requests.Session()
+    assert operator.get(url, timeout=30).status_code == 200
+    return operator, url.split("?", 1)[0]
+
+
 def test_operator_runs_and_scores_trials_in_the_browser(browser, tmp_path, hardware_config):
     tasks = resolve_tasks("task1", hardware_config.scene)
     options = RunOptions("sim", "scripted-expert", tasks, 2, 0, tmp_path / "run", console=True, console_port=0)
@@ -98,9 +105,10 @@ def test_operator_runs_and_scores_trials_in_the_browser(browser, tmp_path, hardw
     assert find("instruction").text == "put the red cube into the box"
     assert find("start").is_enabled() and not find("stop").is_enabled() and not find("success").is_enabled()
     assert browser.execute_script("return document.getElementById('live').naturalWidth") == 640
-    frame = requests.get(evaluation.url + "frame.jpg", timeout=30)
+    operator, base = _login(evaluation.url)
+    frame = operator.get(base + "frame.jpg", timeout=30)
     assert frame.headers["Content-Type"] == "image/jpeg" and frame.headers["Cache-Control"] == "no-store"
-    state = requests.get(evaluation.url + "api/state", timeout=30).json()
+    state = operator.get(base + "api/state", timeout=30).json()
     assert state["calibrated"] and state["scene"] == first.scene.to_dict()
 
     find("start").click()
@@ -150,7 +158,8 @@ def test_placement_marker_is_on_the_live_frame(tmp_path, hardware_config):
                            trial.scene.to_dict(), {})
         app = create_console_app(session, lambda: robot.camera.latest().color, calibration)
         with ConsoleServer(app) as server:
-            jpeg = requests.get(server.url + "frame.jpg", timeout=30).content
+            operator, base = _login(server.url)
+            jpeg = operator.get(base + "frame.jpg", timeout=30).content
     centre = calibration.project([[*trial.scene.object_xy_mm, 0.0]])[0]
     elsewhere = calibration.project([[*trial.scene.box_xy_mm, 0.0]])[0]
     assert _marker_pixels_near(jpeg, centre) > 30
