@@ -363,8 +363,11 @@ def main() -> int:
     parser.add_argument("--stages", default="abcde", help="which of a-e to run (0 always runs, cached)")
     parser.add_argument("--gpu-batches", default="4,8,16", help="batches of the GPU memory fit (with --device cuda)")
     parser.add_argument("--calls", type=int, default=20, help="timed calls per batch size and for the server")
-    parser.add_argument("--repeat", type=int, default=2, help="predictions per process in stage b (last one timed)")
+    parser.add_argument("--repeat", type=int, default=None,
+                        help="predictions per process in stage b, the last one timed (default: 1 for the 7B, whose "
+                             "warm-up is negligible next to minutes of compute; 2 for the tiny model)")
     args = parser.parse_args()
+    args.repeat = args.repeat or (1 if args.preset == "openvla-7b" else 2)
     work = Path(args.work or REPO_ROOT / "runs" / ("bench-7b" if args.preset == "openvla-7b" else "bench-tiny"))
     started = time.perf_counter()
     model_dir, store, image = prepare(work, args.preset)
