@@ -68,7 +68,8 @@ def low_dim_step(t: int) -> dict[str, object]:
             "joints_rad": joints, "tcp_pose": np.array([300.0, 0.0, 200.0, np.pi, 0.0, 0.0]),
             "gripper_state": np.float32(1.0), "command_joints_rad": joints + 0.01,
             "command_tcp_pose": np.array([301.0, 0.0, 199.0, np.pi, 0.0, 0.0]),
-            "command_gripper": np.float32(1.0), "command_clamped": False, "command_held": False}
+            "command_gripper": np.float32(1.0), "command_clamped": False, "command_held": False,
+            "capture_to_observation_s": 0.03, "observation_to_command_s": 0.004, "command_to_motion_s": 0.016}
 
 
 def bare_encode(frames: list[np.ndarray], depths: list[np.ndarray] | None, image_format: str, level: int,

@@ -18,6 +18,7 @@ is the hold target, i.e. the measured joints/TCP and the gripper's applied comma
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from collect.store import EpisodeStore
+from robot.latency import TIMING_KEYS
 from robot.runtime import EpisodeResult, EpisodeStatus, Step
 
 log = logging.getLogger(__name__)
@@ -71,6 +73,10 @@ class EpisodeOutcome:
     meta: Mapping[str, Any] = field(default_factory=dict)
 
 
+def _seconds(value: Any) -> float:
+    return float(value) if isinstance(value, int | float) and math.isfinite(value) else math.nan
+
+
 def step_record(step: Step, record_depth: bool) -> dict[str, Any]:
     """The store's per-step values (docs/episode_store.md) for one control-loop step."""
     observation = step.observation
@@ -94,6 +100,7 @@ def step_record(step: Step, record_depth: bool) -> dict[str, Any]:
         "command_gripper": np.float32(gripper.command if command_gripper is None else command_gripper),
         "command_clamped": bool(sent is not None and sent.clamped),
         "command_held": sent is None,
+        **{key: _seconds(step.timing.get(key)) for key in TIMING_KEYS},
     }
     if record_depth:
         if frame.depth_mm is None:

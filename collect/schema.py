@@ -60,6 +60,12 @@ RECORDING_KEYS: dict[str, KeySpec] = {
     "command_gripper": _low_dim("float32", (), "0 closed .. 1 open", "gripper command sent"),
     "command_clamped": _low_dim("bool", (), "flag", "the safety layer changed the agent's command"),
     "command_held": _low_dim("bool", (), "flag", "no fresh safe command: the arm held (command = measured state)"),
+    # The step's delays (robot/latency.py step_timing; the calibrated figures are in the episode metadata).
+    "capture_to_observation_s": _low_dim("float64", (), "s", "camera capture to the end of the observation"),
+    "observation_to_command_s": _low_dim("float64", (), "s", "end of this tick's observation to the command sent at "
+                                                             "this tick (NaN: none sent)"),
+    "command_to_motion_s": _low_dim("float64", (), "s", "command to arm motion, from `fanvla robot latency` (NaN: "
+                                                        "held or not measured)"),
 }
 
 # hardware.yaml fields that do not change what is recorded (connection and start-up settings):

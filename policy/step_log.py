@@ -23,7 +23,6 @@ from collect.recorder import step_record as recording_row
 from collect.schema import KeySpec, StoreSchema, recording_schema
 from collect.store import EpisodeStore
 from policy.action_space import ACTION_DIM
-from robot.latency import TIMING_KEYS as STEP_TIMING_KEYS
 from robot.runtime import EpisodeResult, EpisodeStatus, Step
 
 log = logging.getLogger(__name__)
@@ -40,12 +39,6 @@ POLICY_STEP_KEYS: dict[str, KeySpec] = {
     "policy_latency_s": KeySpec("float64", (), "s", "round trip of the policy call (NaN: not called)"),
     "server_inference_s": KeySpec("float64", (), "s", "model time reported by the policy (NaN: none)"),
     "server_total_s": KeySpec("float64", (), "s", "request time reported by the server (NaN: none / in-process)"),
-    # The step's delays (robot/latency.py step_timing; the calibrated figures are in the episode metadata).
-    "capture_to_observation_s": KeySpec("float64", (), "s", "camera capture to the end of the observation"),
-    "observation_to_command_s": KeySpec("float64", (), "s", "end of this tick's observation to the command sent "
-                                                            "at this tick (NaN: none sent)"),
-    "command_to_motion_s": KeySpec("float64", (), "s", "command to arm motion, from `fanvla robot latency` "
-                                                       "(NaN: held or not measured)"),
     "exec_in_motion": KeySpec("bool", (), "flag", "no fresh command, but the last one still under way (a tick "
                                                   "between commands): the arm was not stopped"),
     "exec_source_step": KeySpec("int32", (), "step", "step of the observation the applied (or dropped) answer was "
@@ -89,7 +82,6 @@ def step_record(step: Step) -> dict[str, Any]:
         "policy_latency_s": _seconds(info.get("latency_s")),
         "server_inference_s": _seconds(timing.get("inference_s")),
         "server_total_s": _seconds(timing.get("total_s")),
-        **{key: _seconds(step.timing.get(key)) for key in STEP_TIMING_KEYS},
         "exec_in_motion": bool(step.in_motion),
         "exec_source_step": np.int32(info.get("exec_source_step", -1)),
         "exec_chunk_index": np.int32(info.get("exec_chunk_index", -1)),

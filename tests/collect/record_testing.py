@@ -63,4 +63,6 @@ def value_of(step: Step, name: str):
         "command_tcp_pose": o.arm.tcp_pose if held else step.sent.tcp_pose,
         "command_gripper": o.gripper.command if held else step.sent.gripper,
         "command_clamped": (not held) and step.sent.clamped, "command_held": held,
+        **{key: step.timing.get(key, float("nan")) for key in
+           ("capture_to_observation_s", "observation_to_command_s", "command_to_motion_s")},
     }[name]

@@ -50,6 +50,9 @@ def make_step(seed: int, t: int, schema: StoreSchema) -> dict[str, object]:
         "command_gripper": np.float32(1.0 if t < 5 else 0.0),
         "command_clamped": bool(t % 7 == 3),
         "command_held": bool(t % 5 == 4),
+        "capture_to_observation_s": 0.03 + 0.001 * t,
+        "observation_to_command_s": np.nan if t % 5 == 4 else 0.004,
+        "command_to_motion_s": np.nan,
     }
     for key, spec in schema.keys.items():
         if spec.is_image:

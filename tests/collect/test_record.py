@@ -78,6 +78,10 @@ def test_episode_reads_back_equal_to_what_the_loop_produced(tmp_path, robot, dep
     held = episode["command_held"]
     assert held.tolist() == [s.sent is None for s in keeper.steps] and held[6:11].all() and held.sum() == 5
     np.testing.assert_array_equal(episode["command_joints_rad"][held], episode["joints_rad"][held])
+    # each step keeps its own delays: measured where a command went out, NaN where the arm held
+    assert np.all(episode["capture_to_observation_s"] >= 0)
+    assert np.isnan(episode["observation_to_command_s"]).tolist() == held.tolist()
+    assert np.all(episode["observation_to_command_s"][~held] >= 0)
     # the no-op mask is the rule of collect/noop.py applied to what the loop produced
     thresholds = NoopThresholds.from_config(depth_config)
     expected_noop = episode_noop_mask(keeper.column("joints_rad"), keeper.column("command_joints_rad"),

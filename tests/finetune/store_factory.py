@@ -62,6 +62,8 @@ def make_step(t: int, episode_seed: int, object_index: int, rng: np.random.Gener
         "command_gripper": np.float32(gripper),
         "command_clamped": False,
         "command_held": still,
+        "capture_to_observation_s": 0.03, "observation_to_command_s": np.nan if still else 0.005,
+        "command_to_motion_s": np.nan if still else 0.016,
     }
 
 
