@@ -48,7 +48,13 @@ class Judge(Protocol):
 
 
 def place_in_twin(robot, trial: Trial) -> None:
-    """Teleport object, box and arm to the trial's scene, open the gripper, and let the camera catch up."""
+    """Teleport object, box and arm to the trial's scene, open the gripper, and let the camera catch up.
+
+    In lock-step the scene is placed at an instant where the camera's (and any other periodic task's) schedule
+    stands as it did when it started (``SimClock.align``): the trial then runs the same, cycle for cycle, whatever
+    trials the twin ran before (a resumed run, a lane of a batched run, the sequential runner)."""
+    if robot.clock.is_simulated:
+        robot.clock.align()
     robot.twin.reset_scene(trial.scene)
     robot.gripper.open()
     robot.clock.sleep(FRESH_FRAME_S)
