@@ -85,6 +85,9 @@ def _add_run(commands: argparse._SubParsersAction) -> None:
                      help="weights of a checkpoint folder: auto = the checkpoint's own (docs/policy.md)")
     run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                      help="hardware.yaml override for this run, e.g. --set camera.color.fps=30 (repeatable)")
+    run.add_argument("--batch", type=int, default=1, metavar="K",
+                     help="twin only: run K trials in lock-step, one batched policy forward per tick (each trial "
+                          "keeps its own twin, scene, seed, log and video; default 1 = one trial at a time)")
     add_execution_arguments(run)
     run.set_defaults(func=_run)
 
@@ -146,6 +149,7 @@ def _run(args: argparse.Namespace) -> int:
                          calibration=Path(args.calibration) if args.calibration else None, token_file=args.token_file,
                          unnorm_key=args.unnorm_key, device=args.device, threads=args.threads, dtype=args.dtype,
                          overrides=parse_overrides(args.overrides), execution=execution_from_args(args, args.backend),
+                         batch=args.batch,
                          **({"chunk_steps": args.chunk_steps} if args.chunk_steps is not None else {}))
     execution = options.resolved_execution()
     print(f"execution: {execution.mode.value}, injected policy latency {execution.latency} ms", flush=True)
