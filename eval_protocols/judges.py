@@ -92,11 +92,12 @@ class TwinJudge:
 class OperatorJudge:
     def __init__(self, robot, session: ConsoleSession) -> None:
         self.robot, self.session = robot, session
+        self.policy_label = ""  # an A/B run's blinded "policy 1" / "policy 2" (eval_protocols/ab.py)
 
     def prepare(self, task: TaskSpec, trial: Trial, progress: dict[str, Any]) -> None:
         scene = trial.scene
         self.session.show_trial(task.name, task.title, trial.index, progress[task.name]["trials"], trial.instruction,
-                                scene.operator_text(), scene.to_dict(), progress)
+                                scene.operator_text(), scene.to_dict(), progress, self.policy_label)
         if self.robot.twin is not None:
             place_in_twin(self.robot, trial)
         else:
