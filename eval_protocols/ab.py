@@ -114,8 +114,8 @@ def paired_counts(pairs: list[tuple[int, bool, bool]]) -> PairedCounts | None:
 
 
 class _BlindedJudge:
-    """The run's judge with what the operator sees blinded: "policy 1" / "policy 2" and progress over both
-    policies together (a per-policy count would tell them apart)."""
+    """The run's judge with what the operator sees blinded: "policy 1" / "policy 2" and pairs scored, no
+    success counts (``ABEvaluation.blinded_progress``)."""
 
     def __init__(self, judge, blinded_progress: Callable[[], dict[str, Any]]) -> None:
         self.judge, self.blinded_progress, self.label = judge, blinded_progress, ""
@@ -157,12 +157,13 @@ class ABEvaluation:
             return None
         return sequential_decision(self.sequential, complete_pairs(self.records("a", task), self.records("b", task)))
 
-    def blinded_progress(self) -> dict[str, dict[str, int]]:
+    def blinded_progress(self) -> dict[str, dict[str, Any]]:
+        """What the console shows: pairs scored of the pairs planned, and no success counts (a running count per
+        slot or per policy would hint at which policy is which)."""
         out = {}
         for task in self.tasks:
-            records = [r for arm in ARMS for r in self.stores[arm].records(task.name)]
-            out[task.name] = {"trials": 2 * self.pairs, "scored": len(records),
-                              "successes": sum(bool(r["success"]) for r in records)}
+            complete = complete_pairs(self.records("a", task.name), self.records("b", task.name))
+            out[task.name] = {"trials": self.pairs, "scored": len(complete), "successes": "blinded"}
         return out
 
     def total(self) -> int:
