@@ -72,6 +72,34 @@ def test_batched_trials_are_the_sequential_trials_each_with_its_own_record(tmp_p
     assert len({r["step_log"] for r in bat.values()}) == TRIALS
 
 
+def test_batched_through_a_policy_server_splits_at_its_max_batch(tmp_path, hardware_config, checkpoint, tasks):
+    """Three lanes against a server that takes at most 2 observations a request: requests of 2 and 1, and the
+    trials are the in-process sequential runner's."""
+    from policy.inference import InferenceEngine
+    from policy.server_validation import RequestLimits
+    from tests.policy.server_testing import running_server
+
+    run_evaluation(hardware_config, _options(tmp_path / "local", checkpoint, tasks, 1))
+    engine = InferenceEngine.load(checkpoint, threads=1)
+    sizes = []
+    predict = engine.predict
+
+    def counting_predict(images, *args, **kwargs):
+        sizes.append(len(images))
+        return predict(images, *args, **kwargs)
+
+    engine.predict = counting_predict
+    with running_server(engine, limits=RequestLimits(max_batch=2), http_threads=1) as server:
+        run_evaluation(hardware_config, _options(tmp_path / "served", server.url, tasks, 3))
+    assert max(sizes) == 2 and sizes.count(2) > sizes.count(1) > 0
+    local, served = _records(tmp_path / "local"), _records(tmp_path / "served")
+    for trial in range(TRIALS):
+        assert (local[trial]["episode"]["steps"], local[trial]["success"]) == \
+            (served[trial]["episode"]["steps"], served[trial]["success"])
+        np.testing.assert_allclose(_step_log(tmp_path / "served", served[trial])[2],
+                                   _step_log(tmp_path / "local", local[trial])[2], atol=1e-5)
+
+
 class _Interrupt(KeyboardInterrupt):
     pass
 
