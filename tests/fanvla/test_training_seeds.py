@@ -1,15 +1,9 @@
 """Training seeds as a dimension of ``fanvla demo --seeds N`` and ``fanvla sweep --seeds N``: each seed gets its own
 initialisation, vision pretraining and data order, and the same recordings and trial situations; the sweep pools
-the seeds and tests each alpha against SFT stratified by seed. (The whole quick demo with two seeds runs in
-``test_quick_demo_with_two_training_seeds``, marked slow.)"""
+the seeds and tests each alpha against SFT stratified by seed. (The quick demo gains a second training seed end
+to end in ``tests/fanvla/test_demo.py::test_a_second_training_seed_reuses_the_first_and_reports_by_seed``.)"""
 
 from __future__ import annotations
-
-import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
@@ -53,18 +47,3 @@ def test_sweep_pools_seeds_and_tests_each_alpha_against_sft_by_seed():
     assert test["seeds"] == [0, 1, 2] and test["alpha"] == 0.05
     expected = _brute_force_exact_stratified([_stratum(counts[(0.0, s)], 30, counts[(0.05, s)], 30) for s in range(3)])
     assert test["exact_p"] == pytest.approx(expected, rel=1e-7)
-
-
-@pytest.mark.slow
-def test_quick_demo_with_two_training_seeds(tmp_path):
-    out = tmp_path / "run"
-    env = {**os.environ, "MUJOCO_GL": "egl", "LP_NUM_THREADS": "1"}
-    result = subprocess.run([sys.executable, "-m", "fanvla", "demo", "--quick", "--seeds", "2", "--out", str(out)],
-                            capture_output=True, text=True, env=env, timeout=1200)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    for name in ("train-sft", "train-sft-seed1", "train-fan-sft", "train-fan-sft-seed1"):
-        trained = json.loads((out / name / "final" / "fanvla.json").read_text())
-        assert trained["training_config"]["seed"] == (1 if name.endswith("seed1") else 0)
-    numbers = json.loads((out / "report" / "results.json").read_text())
-    assert numbers["seeds"]["seeds"] == 2 and len(numbers["runs"]) == 4
-    assert "## Over training seeds (2 per method)" in Path(out / "report" / "README.md").read_text()
