@@ -138,3 +138,20 @@ def test_a_second_training_seed_reuses_the_first_and_reports_by_seed(quick_demo)
     assert [c["method"] for c in numbers["seeds"]["comparisons"]] == ["OpenVLA-tiny + FAN-SFT"] * len(TASKS)
     assert "## Over training seeds (2 per method)" in (out / "report" / "README.md").read_text()
     assert json.loads((out / "demo.json").read_text())["training_seeds"] == [0, 1]
+
+
+def test_quick_sweep_with_two_training_seeds_pools_them_and_tests_by_seed(quick_demo, tmp_path):
+    out, _, _ = quick_demo
+    stores = [str(p) for p in sorted(out.glob("demos-*.zarr"))]
+    sweep = tmp_path / "sweep-seeds"
+    _fanvla("sweep", "--quick", "--out", str(sweep), "--data", *stores, "--alphas", "0,0.05", "--episodes", "3",
+            "--tasks", "task1", "--trials", "2", "--seeds", "2")
+    numbers = json.loads((sweep / "sweep.json").read_text())
+    assert sorted((r["alpha"], r["training_seed"]) for r in numbers["per_seed"]) == [(0.0, 0), (0.0, 1), (0.05, 0),
+                                                                                      (0.05, 1)]
+    assert [(r["alpha"], r["seeds"], r["trials"]) for r in numbers["pooled"]] == [(0.0, 2, 4), (0.05, 2, 4)]
+    (test,) = numbers["stratified"]
+    assert test["seeds"] == [0, 1] and 0.0 < test["exact_p"] <= 1.0
+    assert (sweep / "cells" / "n3-a0.05-seed1" / "train" / "final" / "fanvla.json").is_file()
+    assert (sweep / "init-vision-3-seed1" / "config.json").is_file()
+    assert (sweep / "sweep.csv").read_text().count("\n") == 3  # pooled rows
