@@ -106,6 +106,7 @@ def _markdown(paired: dict[str, Any], names: list[str], significance: float) -> 
 def write_ab_report(run_dir: Path, out_dir: Path, names: list[str] | None = None,
                     significance: float = DEFAULT_SIGNIFICANCE) -> dict[str, Any]:
     """The arms' ordinary report plus the paired analysis (README.md, chart.png, results.json in ``out_dir``)."""
+    read_design(run_dir)  # a damaged or foreign ab.json is named before anything else
     if names is None:
         names = [f"{arm.upper()}: {RunStore.read(run_dir / arm).manifest.get('policy', {}).get('name') or arm}"
                  for arm in ARMS]

@@ -238,3 +238,16 @@ def test_ab_refuses_bad_input_before_anything_moves(tmp_path, hardware_config, t
         run_ab(hardware_config, _options(tmp_path / "used", tasks, 2))
     assert main(["eval", "ab", "--backend", "real", "--a", EXPERT, "--b", RANDOM, "--out", str(tmp_path / "r")]) == 2
     assert "runs only with --backend sim" in capsys.readouterr().err
+
+
+def test_report_takes_an_ab_run_on_its_own(tmp_path, capsys):
+    from tests.eval.test_report import make_run
+
+    ab_dir = tmp_path / "ab"
+    ab_dir.mkdir()
+    (ab_dir / AB_FILE).write_text("{}")
+    other = make_run(tmp_path / "other", "SFT", [1, 2, 3, 4])
+    assert main(["eval", "report", str(ab_dir), str(other), "--out", str(tmp_path / "r")]) == 2
+    assert "is an A/B run ('fanvla eval ab'): report it on its own" in capsys.readouterr().err
+    assert main(["eval", "report", str(ab_dir), "--out", str(tmp_path / "r")]) == 2
+    assert "is not a fanvla A/B run file" in capsys.readouterr().err
