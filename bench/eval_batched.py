@@ -4,12 +4,14 @@ Both evaluate the same checkpoint in this process (``fanvla eval run`` with and 
 tasks, trials and run seed, task by task in turn (sequential task 1, batched task 1, sequential task 2, ...), so
 that both see the same load. Prints per task and in total: trials, steps, wall seconds, the sequential / batched
 time ratio (goal >= 2.5x), and every trial whose outcome differs between the two (a batch's rounding or the twin's
-float state can move a borderline trial: counted, never hidden), plus the batch sizes of the forwards.
+float state can move a borderline trial: counted, never hidden).
 
-Run: ``python bench/eval_batched.py --policy runs/demo/train-sft/final [--trials 30] [--batch 8] [--threads 1]``
-(the issue's bench: the demo's SFT checkpoint, 4 x 30). Without ``--policy`` a random demo-preset model is made
-(its trials end early: a check of the machinery, not a measurement). Run folders go to ``--out`` (default: a
-temporary folder, removed afterwards).
+Run: ``python bench/eval_batched.py --policy runs/demo/train-sft/final [--trials 30] [--batch 8] [--threads 1]
+[--serve]`` (the issue's bench: the demo's SFT checkpoint, 4 x 30). ``--serve`` puts the checkpoint behind a
+``fanvla serve --threads 1 --http-threads 1`` child process, as ``fanvla demo`` evaluates, and both runners ask it
+(the sequential one request per tick and trial, the batched one request per tick for all lanes). Without
+``--policy`` a random demo-preset model is made (its trials end early: a check of the machinery, not a
+measurement). Run folders go to ``--out`` (default: a temporary folder, removed afterwards).
 """
 
 from __future__ import annotations
@@ -18,9 +20,12 @@ import argparse
 import json
 import logging
 import os
+import re
 import shutil
+import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -46,6 +51,20 @@ def evaluate(config, policy: str, task, trials: int, seed: int, out: Path, batch
     return time.perf_counter() - start
 
 
+def start_server(checkpoint: str) -> tuple[subprocess.Popen, str]:
+    """``fanvla serve`` on a free loopback port, as the demo runs it; returns (process, url) once it is ready."""
+    from policy.serve_cli import READY_PREFIX
+
+    process = subprocess.Popen([sys.executable, "-m", "fanvla", "serve", "--checkpoint", checkpoint, "--port", "0",
+                                "--threads", "1", "--http-threads", "1"], stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    for line in process.stdout:
+        if line.startswith(READY_PREFIX):
+            threading.Thread(target=lambda: [None for _ in process.stdout], daemon=True).start()  # drain the pipe
+            return process, re.search(r"http://\S+", line).group(0)
+    raise RuntimeError(f"fanvla serve exited with {process.wait()} before it was ready")
+
+
 def random_demo_model(directory: Path) -> str:
     from policy.tiny import build_tiny
 
@@ -63,6 +82,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads for both runners (default 1)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=None, help="keep the two runs' folders here")
+    parser.add_argument("--serve", action="store_true", help="evaluate through a 'fanvla serve' child process (as the "
+                                                              "demo does) instead of in this process")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     # The demo's camera: the evaluation the demo runs (colour 424x240 at the control rate).
@@ -71,6 +92,9 @@ def main() -> None:
     scratch = Path(tempfile.mkdtemp(prefix="eval-batched-"))
     out = Path(args.out) if args.out else scratch
     policy = args.policy or random_demo_model(scratch)
+    server = None
+    if args.serve:
+        server, policy = start_server(policy)
     print(f"policy {policy}; {len(tasks)} task(s) x {args.trials} trials; batch {args.batch}; torch threads "
           f"{args.threads}; load average {os.getloadavg()[0]:.1f}")
     totals = {"sequential": 0.0, "batched": 0.0}
@@ -104,6 +128,9 @@ def main() -> None:
                   f"{seq_episode['steps']} steps), batched {bat_record['success']} ({bat_episode['status']}, "
                   f"{bat_episode['steps']} steps)")
     finally:
+        if server is not None:
+            server.terminate()
+            server.wait(timeout=30)
         if args.out is None:
             shutil.rmtree(scratch, ignore_errors=True)
 
