@@ -29,13 +29,13 @@ import time
 import zlib
 from collections.abc import Callable
 from contextlib import ExitStack
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from eval_protocols.evaluation import Evaluation, TrialReport
-from eval_protocols.launch import CONSOLE_LINGER_S, RunOptions, _judge, evaluation_config
+from eval_protocols.launch import CONSOLE_LINGER_S, RunOptions, evaluation_config, open_judge
 from eval_protocols.paired_stats import PairedCounts
 from eval_protocols.policies import open_policy
 from eval_protocols.results import RunDirError, RunIdentity, RunStore, read_json_document, write_json_atomic
@@ -272,7 +272,7 @@ def run_ab(config: HardwareConfig, options: ABOptions, on_trial: Callable[[Trial
                 common.run_dir / arm, identity, {t.name: t.describe() for t in common.tasks},
                 {**extra, "ab_arm": arm}))
         robot = stack.enter_context(open_robot(config, common.backend, seed=common.seed))
-        judge = _judge(robot, replace(common, policy=""), stack, on_console)
+        judge = open_judge(robot, common, stack, on_console)
         evaluation = ABEvaluation(robot, policies, judge, stores, design, common.tasks, on_trial, on_stop)
         summary = evaluation.run()
         if hasattr(judge, "session"):

@@ -89,7 +89,7 @@ def run_evaluation(config: HardwareConfig, options: RunOptions,
         if options.batch > 1:
             return _run_batched(config, options, policy, store, stack, on_trial)
         robot = stack.enter_context(open_robot(config, options.backend, seed=options.seed))
-        judge = _judge(robot, options, stack, on_console)
+        judge = open_judge(robot, options, stack, on_console)
         evaluation = Evaluation(robot, policy, judge, store, options.tasks, options.trials, options.seed, on_trial)
         progress = evaluation.run()
         if hasattr(judge, "session"):
@@ -132,7 +132,8 @@ def _run_batched(config: HardwareConfig, options: RunOptions, policy, store: Run
     return evaluation.run()
 
 
-def _judge(robot, options: RunOptions, stack: ExitStack, on_console: Callable[[str], None] | None):
+def open_judge(robot, options: RunOptions, stack: ExitStack, on_console: Callable[[str], None] | None):
+    """The twin's automatic judge, or the operator's (console server started, closed with ``stack``)."""
     from eval_protocols.judges import OperatorJudge, TwinJudge
 
     if options.backend == "sim" and not options.console:
