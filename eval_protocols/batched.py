@@ -28,6 +28,7 @@ time (``Evaluation``).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import threading
@@ -48,6 +49,10 @@ from policy.agent import PolicyOutput, PolicySpec
 log = logging.getLogger(__name__)
 
 POLL_S = 0.5  # the coordinator re-checks for Ctrl-C this often while lanes run
+# Lanes are split into this many groups, each with its own coordinator: while one group's batch is computed, the
+# other group's twins step, so the policy and the twins use the two cores at once (one group leaves one idle).
+GROUPS = 2
+MIN_GROUP_LANES = 2  # fewer lanes than GROUPS * this: one group
 
 
 class EvaluationCancelled(BaseException):  # a BaseException, like KeyboardInterrupt: no "except Exception" stops it
@@ -114,9 +119,10 @@ class _LockedStore:
 
 
 class _Coordinator:
-    def __init__(self, policy: CheckpointUnderTest, lanes: int) -> None:
+    def __init__(self, policy: CheckpointUnderTest, lanes: list[int], policy_lock: threading.Lock) -> None:
         self.base = policy.policy
-        self.lanes = [_Lane(i) for i in range(lanes)]
+        self.lanes = [_Lane(i) for i in lanes]
+        self.policy_lock = policy_lock  # shared by the groups: one request (one client, one model) at a time
         self.max_batch = _max_batch(self.base)
         self.changed = threading.Condition()
         self.pending: deque[tuple[TaskSpec, int]] = deque()
@@ -124,11 +130,10 @@ class _Coordinator:
         self.cancelled = False
         self.forwards = 0
         self.batch_sizes: dict[int, int] = {}  # batch size -> forwards of that size
-        self._describe_lock = threading.Lock()
 
     # -- called from lane threads ---------------------------------------------------------------------
     def describe(self) -> PolicySpec:
-        with self._describe_lock:  # one client, one request at a time
+        with self.policy_lock:
             return self.base.describe()
 
     def predict(self, lane: _Lane, image: np.ndarray, instruction: str, state: np.ndarray | None,
@@ -209,8 +214,9 @@ class _Coordinator:
         timeouts = [lane.request[3] for lane in lanes if lane.request[3] is not None]
         if any(s is None for s in states) != all(s is None for s in states):
             raise ValueError("some lanes send the robot state and others do not")
-        output = self.base.predict(images, instructions, None if states[0] is None else states,
-                                   timeout_s=max(timeouts) if timeouts else None)
+        with self.policy_lock:
+            output = self.base.predict(images, instructions, None if states[0] is None else states,
+                                       timeout_s=max(timeouts) if timeouts else None)
         self.forwards += 1
         self.batch_sizes[len(lanes)] = self.batch_sizes.get(len(lanes), 0) + 1
         actions = np.asarray(output.actions)
@@ -231,7 +237,12 @@ def _max_batch(policy) -> int:
 
 
 class BatchedEvaluation:
-    """``Evaluation.run`` with ``len(robots)`` trials in lock-step (see the module docstring)."""
+    """``Evaluation.run`` with ``len(robots)`` trials in lock-step (see the module docstring).
+
+    The lanes form ``GROUPS`` groups (with at least ``MIN_GROUP_LANES`` lanes each), each driven by its own
+    coordinator on its own thread, and the trials to run are dealt to the groups in turn (trial k of the pending
+    list to group k mod groups). Within a group everything is as described above, so which trials share a batch
+    still depends only on the trials' simulated progress; the groups only overlap in time."""
 
     def __init__(self, robots: Sequence[Any], policy: CheckpointUnderTest, make_judge: Callable[[Any], Any],
                  store: RunStore, tasks: list[TaskSpec], trials: int, seed: int,
@@ -247,12 +258,17 @@ class BatchedEvaluation:
                              "(baselines run one trial at a time)")
         self.policy, self.store, self.tasks, self.trials, self.seed = policy, store, tasks, trials, seed
         self.on_trial = on_trial
-        self.coordinator = _Coordinator(policy, len(robots))
+        groups = max(1, min(GROUPS, len(robots) // MIN_GROUP_LANES))
+        policy_lock = threading.Lock()
+        self.coordinators = [_Coordinator(policy, list(range(len(robots)))[g::groups], policy_lock)
+                             for g in range(groups)]
         shared = _LockedStore(store)
-        for lane, robot in zip(self.coordinator.lanes, robots, strict=True):
-            lane_policy = CheckpointUnderTest(LanePolicy(self.coordinator, lane), policy.identity, policy.execution)
-            lane.evaluation = Evaluation(robot, lane_policy, make_judge(robot), shared, tasks, trials, seed)
-        self._first = self.coordinator.lanes[0].evaluation
+        for coordinator in self.coordinators:
+            for lane in coordinator.lanes:
+                robot = robots[lane.index]
+                lane_policy = CheckpointUnderTest(LanePolicy(coordinator, lane), policy.identity, policy.execution)
+                lane.evaluation = Evaluation(robot, lane_policy, make_judge(robot), shared, tasks, trials, seed)
+        self._first = self.coordinators[0].lanes[0].evaluation
         self._report_lock = threading.Lock()
 
     def pending(self) -> list[tuple[TaskSpec, int]]:
@@ -262,35 +278,66 @@ class BatchedEvaluation:
         return self._first.progress()
 
     def run(self) -> dict[str, dict[str, int]]:
-        coordinator = self.coordinator
         pending = self.pending()
         self._total = len(self.tasks) * self.trials
         if len(pending) < self._total:
             log.info("resuming: %d of %d trials already scored", self._total - len(pending), self._total)
-        coordinator.pending.extend(pending)
-        log.info("batched evaluation: %d lanes, %d trials to run", len(coordinator.lanes), len(pending))
-        for lane in coordinator.lanes:
-            lane.thread = threading.Thread(target=self._lane_main, args=(lane,), name=f"eval-lane-{lane.index}",
-                                           daemon=True)
-            lane.thread.start()
+        for index, job in enumerate(pending):
+            self.coordinators[index % len(self.coordinators)].pending.append(job)
+        lanes = [lane for coordinator in self.coordinators for lane in coordinator.lanes]
+        log.info("batched evaluation: %d lanes in %d groups, %d trials to run", len(lanes), len(self.coordinators),
+                 len(pending))
+        for coordinator in self.coordinators:
+            for lane in coordinator.lanes:
+                lane.thread = threading.Thread(target=self._lane_main, args=(coordinator, lane),
+                                               name=f"eval-lane-{lane.index}", daemon=True)
+                lane.thread.start()
+        drivers = [threading.Thread(target=self._drive_in_thread, args=(coordinator,), name=f"eval-group-{g}",
+                                    daemon=True) for g, coordinator in enumerate(self.coordinators[1:], 1)]
+        for driver in drivers:
+            driver.start()
+        try:
+            self._drive(self.coordinators[0])
+        except BaseException:
+            self._cancel_all()
+            raise
+        finally:
+            for driver in drivers:
+                driver.join()
+            if any(c.error is not None for c in self.coordinators):
+                self._cancel_all()
+            for lane in lanes:
+                lane.thread.join()
+        for coordinator in self.coordinators:
+            if coordinator.error is not None:
+                raise coordinator.error
+        for g, coordinator in enumerate(self.coordinators):
+            log.info("batched evaluation, group %d: %d forwards, batch sizes %s", g, coordinator.forwards,
+                     dict(sorted(coordinator.batch_sizes.items())))
+        return self.progress()
+
+    def _drive(self, coordinator: _Coordinator) -> None:
+        """One group's coordinator; a failure in any group stops them all."""
         try:
             coordinator.drive()
-        except BaseException:
-            coordinator.cancel()
+        except BaseException as error:
+            if coordinator.error is None:
+                coordinator.error = error
             raise
         finally:
             if coordinator.error is not None:
-                coordinator.cancel()
-            for lane in coordinator.lanes:
-                lane.thread.join()
-        if coordinator.error is not None:
-            raise coordinator.error
-        log.info("batched evaluation: %d forwards, batch sizes %s", coordinator.forwards,
-                 dict(sorted(coordinator.batch_sizes.items())))
-        return self.progress()
+                self._cancel_all()
 
-    def _lane_main(self, lane: _Lane) -> None:
-        coordinator, evaluation = self.coordinator, lane.evaluation
+    def _drive_in_thread(self, coordinator: _Coordinator) -> None:
+        with contextlib.suppress(BaseException):  # kept in coordinator.error; run() raises it
+            self._drive(coordinator)
+
+    def _cancel_all(self) -> None:
+        for coordinator in self.coordinators:
+            coordinator.cancel()
+
+    def _lane_main(self, coordinator: _Coordinator, lane: _Lane) -> None:
+        evaluation = lane.evaluation
         try:
             while (job := coordinator.next_trial(lane)) is not None:
                 task, index = job

@@ -45,9 +45,10 @@ def test_batched_trials_are_the_sequential_trials_each_with_its_own_record(tmp_p
     sequential, batched = tmp_path / "sequential", tmp_path / "batched"
     run_evaluation(hardware_config, _options(sequential, checkpoint, tasks, 1))
     seen = []
-    progress = run_evaluation(hardware_config, _options(batched, checkpoint, tasks, 3), on_trial=seen.append)
+    # 4 lanes in 2 groups (lanes 0 and 2, 1 and 3) whose forwards and stepping overlap; 5 trials: a lane runs two.
+    progress = run_evaluation(hardware_config, _options(batched, checkpoint, tasks, 4), on_trial=seen.append)
     assert progress == {"short": {"trials": TRIALS, "scored": TRIALS, "successes": progress["short"]["successes"]}}
-    assert sorted(r.record["trial"] for r in seen) == list(range(TRIALS))  # 3 lanes, 5 trials: lanes run two
+    assert sorted(r.record["trial"] for r in seen) == list(range(TRIALS))
     assert sorted(r.done for r in seen) == list(range(1, TRIALS + 1))
     seq, bat = _records(sequential), _records(batched)
     assert sorted(seq) == sorted(bat) == list(range(TRIALS))
@@ -114,8 +115,8 @@ def test_an_interrupted_batched_run_resumes_with_the_unscored_trials_only(tmp_pa
         if len(seen) == 2:
             raise _Interrupt()
 
-    with pytest.raises(_Interrupt):
-        run_evaluation(hardware_config, _options(run_dir, checkpoint, tasks, 3), on_trial=interrupt)
+    with pytest.raises(_Interrupt):  # 4 lanes in 2 groups: the interrupt stops both
+        run_evaluation(hardware_config, _options(run_dir, checkpoint, tasks, 4), on_trial=interrupt)
     scored = set(_records(run_dir))
     assert 2 <= len(scored) < TRIALS  # the lanes still running were cancelled: their trials are not scored
     resumed = []
