@@ -140,6 +140,7 @@ def test_a_second_training_seed_reuses_the_first_and_reports_by_seed(quick_demo)
     assert json.loads((out / "demo.json").read_text())["training_seeds"] == [0, 1]
 
 
+@pytest.mark.slow  # 6 min on this machine class: the seed machinery is the demo's, tested above without slow
 def test_quick_sweep_with_two_training_seeds_pools_them_and_tests_by_seed(quick_demo, tmp_path):
     out, _, _ = quick_demo
     stores = [str(p) for p in sorted(out.glob("demos-*.zarr"))]
