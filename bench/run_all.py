@@ -58,6 +58,10 @@ ON_DEMAND: dict[str, tuple[str, str, list[str]]] = {
                  "KV cache, one FAN-SFT LoRA step, merge + sharded export, reload",
                  "load peak RSS <= 1.10x the weights, finetune process < 22 GiB, export <= 1.20x the weights, the "
                  "reloaded export predicts the merged model's action", []),
+    "eval_batched": ("twin evaluation with K trials in lock-step and one batched forward per tick (eval run --batch 8) "
+                     "vs the sequential trial runner, 4 tasks x 30 trials of the demo's SFT checkpoint behind fanvla "
+                     "serve, in one run; trial outcomes that differ between the two", "sequential / batched >= 2.5x",
+                     ["--policy", "runs/demo/train-sft/final", "--serve"]),
 }
 
 

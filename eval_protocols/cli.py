@@ -47,6 +47,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     evaluate = subparsers.add_parser("eval", help="the four-task evaluation protocol: run, report, calibrate")
     commands = evaluate.add_subparsers(dest="eval_command", metavar="EVAL_COMMAND", required=True)
     _add_run(commands)
+    _add_ab(commands)
     _add_report(commands)
     _add_calibrate(commands)
     _add_tasks(commands)
@@ -70,23 +71,31 @@ def _add_run(commands: argparse._SubParsersAction) -> None:
     run.add_argument("--seed", type=int, default=0, help="run seed: trial i of a task is the same situation in every "
                                                          "run with this seed (default 0)")
     run.add_argument("--out", required=True, help="RUN_DIR: results, step logs and videos; re-run to resume")
-    run.add_argument("--console", action="store_true", help="operator console with the twin too (rehearsal); always "
-                                                            "on with --backend real")
-    run.add_argument("--console-port", type=int, default=8765, help="operator console port on 127.0.0.1 "
-                                                                    "(0 = any free port; default 8765)")
-    run.add_argument("--calibration", default=None, help="table calibration from 'fanvla eval calibrate' (needed "
-                                                         "with --backend real)")
-    run.add_argument("--token-file", default=None, help="bearer token file for a policy server")
-    run.add_argument("--unnorm-key", default=None, help="statistics key of the checkpoint (default: its own)")
-    run.add_argument("--device", default="cpu", help="torch device for a checkpoint folder (default cpu)")
-    run.add_argument("--threads", type=int, default=None, help="torch intra-op threads for a checkpoint folder "
-                                                               "(default: torch's choice; 1 suits tiny models)")
-    run.add_argument("--dtype", choices=DTYPE_CHOICES, default="auto",
-                     help="weights of a checkpoint folder: auto = the checkpoint's own (docs/policy.md)")
-    run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                     help="hardware.yaml override for this run, e.g. --set camera.color.fps=30 (repeatable)")
+    add_session_arguments(run)
+    run.add_argument("--batch", type=int, default=1, metavar="K",
+                     help="twin only: run K trials in lock-step, one batched policy forward per tick (each trial "
+                          "keeps its own twin, scene, seed, log and video; default 1 = one trial at a time)")
     add_execution_arguments(run)
     run.set_defaults(func=_run)
+
+
+def add_session_arguments(parser: argparse.ArgumentParser) -> None:
+    """Console, calibration, policy loading and hardware overrides: shared by 'eval run' and 'eval ab'."""
+    parser.add_argument("--console", action="store_true", help="operator console with the twin too (rehearsal); "
+                                                               "always on with --backend real")
+    parser.add_argument("--console-port", type=int, default=8765, help="operator console port on 127.0.0.1 "
+                                                                       "(0 = any free port; default 8765)")
+    parser.add_argument("--calibration", default=None, help="table calibration from 'fanvla eval calibrate' "
+                                                            "(needed with --backend real)")
+    parser.add_argument("--token-file", default=None, help="bearer token file for a policy server")
+    parser.add_argument("--unnorm-key", default=None, help="statistics key of the checkpoint (default: its own)")
+    parser.add_argument("--device", default="cpu", help="torch device for a checkpoint folder (default cpu)")
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads for a checkpoint folder "
+                                                                  "(default: torch's choice; 1 suits tiny models)")
+    parser.add_argument("--dtype", choices=DTYPE_CHOICES, default="auto",
+                        help="weights of a checkpoint folder: auto = the checkpoint's own (docs/policy.md)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="hardware.yaml override for this run, e.g. --set camera.color.fps=30 (repeatable)")
 
 
 def add_execution_arguments(parser: argparse.ArgumentParser) -> None:
@@ -146,6 +155,7 @@ def _run(args: argparse.Namespace) -> int:
                          calibration=Path(args.calibration) if args.calibration else None, token_file=args.token_file,
                          unnorm_key=args.unnorm_key, device=args.device, threads=args.threads, dtype=args.dtype,
                          overrides=parse_overrides(args.overrides), execution=execution_from_args(args, args.backend),
+                         batch=args.batch,
                          **({"chunk_steps": args.chunk_steps} if args.chunk_steps is not None else {}))
     execution = options.resolved_execution()
     print(f"execution: {execution.mode.value}, injected policy latency {execution.latency} ms", flush=True)
@@ -168,28 +178,113 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_ab(commands: argparse._SubParsersAction) -> None:
+    ab = commands.add_parser("ab", help="blinded, interleaved A/B: both policies on every trial situation, back to "
+                                        "back in a random order per pair; the report unblinds (paired McNemar test)")
+    add_config_argument(ab)
+    ab.add_argument("--backend", choices=("sim", "real"), required=True)
+    ab.add_argument("--a", dest="policy_a", required=True, help="policy A (as --policy of 'eval run')")
+    ab.add_argument("--b", dest="policy_b", required=True, help="policy B (as --policy of 'eval run')")
+    _add_task_selection(ab)
+    ab.add_argument("--pairs", type=int, default=30, help="trial situations per task, each run with both policies "
+                                                          "(default 30)")
+    ab.add_argument("--seed", type=int, default=0, help="run seed: pair i is trial i of 'eval run' with this seed")
+    ab.add_argument("--out", required=True, help="A/B run folder (ab.json, a/, b/); re-run to resume")
+    ab.add_argument("--sequential", action="store_true",
+                    help="stop a task early once the evidence is decisive (exact group-sequential test on the "
+                         "discordant pairs; its error rate holds with a look after every pair)")
+    ab.add_argument("--alpha", type=float, default=0.05, help="two-sided level of --sequential (default 0.05)")
+    add_session_arguments(ab)
+    add_execution_arguments(ab)
+    ab.set_defaults(func=_ab)
+
+
+@_user_errors
+def _ab(args: argparse.Namespace) -> int:
+    from eval_protocols.ab import ABOptions, run_ab
+    from eval_protocols.launch import RunOptions
+    from eval_protocols.task_spec import resolve_tasks
+    from fanvla.config import load_hardware_config
+
+    config = load_hardware_config(args.config)
+    tasks = resolve_tasks(args.tasks, config.scene, args.tasks_dir)
+    common = RunOptions(args.backend, "", tasks, args.pairs, args.seed, Path(args.out),
+                        console=args.console or args.backend == "real", console_port=args.console_port,
+                        calibration=Path(args.calibration) if args.calibration else None, token_file=args.token_file,
+                        unnorm_key=args.unnorm_key, device=args.device, threads=args.threads, dtype=args.dtype,
+                        overrides=parse_overrides(args.overrides), execution=execution_from_args(args, args.backend),
+                        **({"chunk_steps": args.chunk_steps} if args.chunk_steps is not None else {}))
+    options = ABOptions(args.policy_a, args.policy_b, args.pairs, common, args.sequential, args.alpha)
+
+    def on_trial(report) -> None:  # blinded: the slot, never which policy
+        record = report.record
+        print(f"[{report.done}/{report.total}] {record['task']} pair {record['trial']:02d}, policy "
+              f"{record['ab']['slot']} ({record['object']}): {'SUCCESS' if record['success'] else 'failure'} - "
+              f"{record['note'] or record['episode']['reason']} ({record['episode']['steps']} steps)", flush=True)
+
+    def on_stop(task: str, decision) -> None:
+        print(f"{task}: sequential stopping decided after {decision.pairs} pairs (which way: in the report)",
+              flush=True)
+
+    summary = run_ab(config, options, on_trial, on_console=lambda url: print(f"operator console: {url}", flush=True),
+                     on_stop=on_stop)
+    for task, state in summary.items():
+        print(f"{task}: {state['complete']} of {state['pairs']} pairs scored"
+              + (" (stopped early by the sequential design)" if state["stopped_early"] else ""))
+    print(f"results in {args.out}; unblinded report with: fanvla eval report {args.out} --out REPORT_DIR")
+    return 0
+
+
 def _add_report(commands: argparse._SubParsersAction) -> None:
     report = commands.add_parser("report", help="Markdown table (paper's Table 3 shape), statistics, chart, video "
                                                 "links for one or more runs")
-    report.add_argument("runs", nargs="+", help="RUN_DIRs; the first is the baseline of the comparisons")
+    report.add_argument("runs", nargs="+", help="RUN_DIRs (the first is the baseline of the comparisons), or one "
+                                                "A/B run of 'fanvla eval ab' (paired, unblinded report)")
     report.add_argument("--out", required=True, help="report folder (README.md, chart.png, results.json)")
     report.add_argument("--names", default=None, help="comma-separated row names, one per run (default: policy names)")
     report.add_argument("--significance", type=float, default=0.05, help="significance level (default 0.05)")
+    report.add_argument("--seeds-per-method", type=int, default=1, metavar="N",
+                        help="the runs are N training seeds of each method, method by method (e.g. SFT seed 0, 1, "
+                             "2, FAN-SFT seed 0, 1, 2 with N = 3): adds per-method pooled rows, the spread between "
+                             "seeds and tests stratified by seed (default 1)")
     report.set_defaults(func=_report)
 
 
 @_user_errors
 def _report(args: argparse.Namespace) -> int:
+    from eval_protocols.ab import is_ab_run
     from eval_protocols.report import README, summary_lines, write_report
 
     names = [n.strip() for n in args.names.split(",")] if args.names else None
-    numbers = write_report([Path(r) for r in args.runs], Path(args.out), names, args.significance)
+    runs = [Path(r) for r in args.runs]
+    ab_runs = [r for r in runs if is_ab_run(r)]
+    if ab_runs and (len(runs) > 1 or args.seeds_per_method > 1):
+        raise ValueError(f"{ab_runs[0]} is an A/B run ('fanvla eval ab'): report it on its own "
+                         f"('fanvla eval report {ab_runs[0]} --out ...'), or its arms {ab_runs[0]}/a and "
+                         f"{ab_runs[0]}/b as ordinary runs")
+    if ab_runs:
+        from eval_protocols.ab_report import write_ab_report
+
+        numbers = write_ab_report(runs[0], Path(args.out), names, args.significance)
+    elif args.seeds_per_method > 1:
+        from eval_protocols.seeds_report import write_seeds_report
+
+        numbers = write_seeds_report(runs, args.seeds_per_method, Path(args.out), names, args.significance)
+    else:
+        numbers = write_report(runs, Path(args.out), names, args.significance)
     for line in summary_lines(numbers):
         print(line)
     for comparison in numbers["comparisons"]:
         if comparison["significant"]:
             print(f"significant: {comparison['task']} {comparison['run']} vs {comparison['baseline']} "
                   f"(p = {comparison['fisher_p']:.4f})")
+    for task, row in (numbers.get("paired") or {}).get("tasks", {}).items():
+        print(f"paired {task}: {row['pairs']} pairs, A only {row['only_a']}, B only {row['only_b']}, McNemar p = "
+              f"{row['mcnemar_p']:.4f}" + (f", sequential: {row['sequential']['outcome']} after "
+                                           f"{row['sequential']['pairs']} pairs" if row["sequential"] else ""))
+    for row in (numbers.get("seeds") or {}).get("comparisons", []):
+        print(f"over seeds {row['task']} {row['method']} vs {row['baseline']}: pooled {row['pooled_b']} vs "
+              f"{row['pooled_a']}, exact stratified p = {row['exact_p']:.4f}, CMH p = {row['cmh_p']:.4f}")
     print(f"wrote {Path(args.out) / README}")
     return 0
 

@@ -48,6 +48,7 @@ class ConsoleState:
     episode: dict[str, Any] = field(default_factory=dict)  # status, reason, steps, duration_s of the last episode
     progress: dict[str, Any] = field(default_factory=dict)  # task -> {"scored": n, "successes": k, "trials": N}
     message: str = ""
+    policy_label: str = ""  # A/B runs: "policy 1" / "policy 2", never which policy (eval_protocols/ab.py)
     sequence: int = 0  # increases at every change: the page re-renders when it moves
 
 
@@ -67,7 +68,8 @@ class ConsoleSession:
             return {"phase": state.phase, "task": state.task, "task_title": state.task_title, "trial": state.trial,
                     "trials": state.trials, "instruction": state.instruction, "operator_text": state.operator_text,
                     "scene": dict(state.scene), "episode": dict(state.episode), "progress": dict(state.progress),
-                    "message": state.message, "sequence": state.sequence}
+                    "message": state.message, "policy_label": state.policy_label,
+                    "sequence": state.sequence}
 
     @property
     def scene(self) -> dict[str, Any]:
@@ -105,13 +107,13 @@ class ConsoleSession:
             self._changed.notify_all()
 
     def show_trial(self, task: str, task_title: str, trial: int, trials: int, instruction: str, operator_text: str,
-                   scene: dict[str, Any], progress: dict[str, Any]) -> None:
+                   scene: dict[str, Any], progress: dict[str, Any], policy_label: str = "") -> None:
         with self._changed:
             self._start_pressed = self._stop_requested = False
             self._score = None
         self._update(phase="moving", task=task, task_title=task_title, trial=trial, trials=trials,
                      instruction=instruction, operator_text=operator_text, scene=scene, episode={},
-                     progress=progress, message="the arm moves to the start pose")
+                     progress=progress, policy_label=policy_label, message="the arm moves to the start pose")
 
     def wait_for_start(self) -> None:
         self._update(phase="setup", message="place the object and the box at the markers, then press start")

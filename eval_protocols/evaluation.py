@@ -102,7 +102,8 @@ class Evaluation:
                 self.on_trial(TrialReport(record, total - len(self.pending()), total))
         return self.progress()
 
-    def run_trial(self, task: TaskSpec, trial: Trial) -> dict[str, Any]:
+    def run_trial(self, task: TaskSpec, trial: Trial, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Run and score one trial; ``extra`` keys go into its record (an A/B run's pair and slot)."""
         if self.store.is_scored(task.name, trial.index):
             raise RunDirError(f"{task.name} trial {trial.index} is already scored")
         directory = trial_dir(self.store.run_dir, task.name, trial.index)
@@ -137,6 +138,7 @@ class Evaluation:
             "video": str((directory / VIDEO).relative_to(self.store.run_dir)) if (directory / VIDEO).exists() else None,
             "step_log": str((directory / STEP_LOG).relative_to(self.store.run_dir)), "log_index": result.log_index,
             "started_at": started_at, "scored_at": utc_now_iso(), "wall_s": round(time.perf_counter() - wall_start, 2),
+            **(extra or {}),
         })
         self.store.append(record)
         log.info("%s trial %d: %s (%s; %s after %d steps)", task.name, trial.index,

@@ -48,7 +48,13 @@ class Judge(Protocol):
 
 
 def place_in_twin(robot, trial: Trial) -> None:
-    """Teleport object, box and arm to the trial's scene, open the gripper, and let the camera catch up."""
+    """Teleport object, box and arm to the trial's scene, open the gripper, and let the camera catch up.
+
+    In lock-step the scene is placed at an instant where the camera's (and any other periodic task's) schedule
+    stands as it did when it started (``SimClock.align``): the trial then runs the same, cycle for cycle, whatever
+    trials the twin ran before (a resumed run, a lane of a batched run, the sequential runner)."""
+    if robot.clock.is_simulated:
+        robot.clock.align()
     robot.twin.reset_scene(trial.scene)
     robot.gripper.open()
     robot.clock.sleep(FRESH_FRAME_S)
@@ -86,11 +92,12 @@ class TwinJudge:
 class OperatorJudge:
     def __init__(self, robot, session: ConsoleSession) -> None:
         self.robot, self.session = robot, session
+        self.policy_label = ""  # an A/B run's blinded "policy 1" / "policy 2" (eval_protocols/ab.py)
 
     def prepare(self, task: TaskSpec, trial: Trial, progress: dict[str, Any]) -> None:
         scene = trial.scene
         self.session.show_trial(task.name, task.title, trial.index, progress[task.name]["trials"], trial.instruction,
-                                scene.operator_text(), scene.to_dict(), progress)
+                                scene.operator_text(), scene.to_dict(), progress, self.policy_label)
         if self.robot.twin is not None:
             place_in_twin(self.robot, trial)
         else:

@@ -30,6 +30,7 @@ CONSOLE_LINGER_S = 2.0  # the console stays up this long after the last score, s
 # "Latency"): async keeps a command per answer (one per 200 ms at 200 ms) where sync adds a period of holding to
 # every answer; chunk needs a chunk-predicting policy (OpenVLA-OFT).
 DEFAULT_EXECUTION = {"sim": ExecutionMode.SYNC, "real": ExecutionMode.ASYNC}
+MAX_BATCH = 64  # lanes of a batched twin evaluation (each is a twin: ~60 MB)
 
 
 @dataclass
@@ -51,6 +52,7 @@ class RunOptions:
     overrides: dict[str, Any] = field(default_factory=dict)  # hardware.yaml dotted-key overrides
     execution: ExecutionConfig | None = None  # None: DEFAULT_EXECUTION[backend], no injected latency
     chunk_steps: int = DEFAULT_EXPERT_CHUNK_STEPS  # the scripted expert's plan in chunk execution
+    batch: int = 1  # trials in lock-step with one batched forward per tick (eval_protocols/batched.py); twin only
 
     def resolved_execution(self) -> ExecutionConfig:
         return self.execution or ExecutionConfig(DEFAULT_EXECUTION[self.backend])
@@ -71,6 +73,7 @@ def run_evaluation(config: HardwareConfig, options: RunOptions,
     if options.trials < 1:
         raise ValueError(f"--trials must be >= 1, got {options.trials}")
     config = evaluation_config(config, options.backend, options.overrides)
+    check_batch(options, config)
     with ExitStack() as stack:
         execution = options.resolved_execution()
         policy = open_policy(options.policy, options.backend, token_file=options.token_file,
@@ -83,8 +86,10 @@ def run_evaluation(config: HardwareConfig, options: RunOptions,
                  "hardware_overrides": options.overrides}
         store = stack.enter_context(RunStore.open_for_run(options.run_dir, identity,
                                                           {t.name: t.describe() for t in options.tasks}, extra))
+        if options.batch > 1:
+            return _run_batched(config, options, policy, store, stack, on_trial)
         robot = stack.enter_context(open_robot(config, options.backend, seed=options.seed))
-        judge = _judge(robot, options, stack, on_console)
+        judge = open_judge(robot, options, stack, on_console)
         evaluation = Evaluation(robot, policy, judge, store, options.tasks, options.trials, options.seed, on_trial)
         progress = evaluation.run()
         if hasattr(judge, "session"):
@@ -93,7 +98,42 @@ def run_evaluation(config: HardwareConfig, options: RunOptions,
         return progress
 
 
-def _judge(robot, options: RunOptions, stack: ExitStack, on_console: Callable[[str], None] | None):
+def check_batch(options: RunOptions, config: HardwareConfig) -> None:
+    """--batch K needs the lock-step twin, no operator console and a policy (eval_protocols/batched.py)."""
+    from eval_protocols.policies import BASELINES
+
+    if isinstance(options.batch, bool) or not isinstance(options.batch, int) or not 1 <= options.batch <= MAX_BATCH:
+        raise ValueError(f"--batch must be an int in 1..{MAX_BATCH}, got {options.batch!r}")
+    if options.batch == 1:
+        return
+    if options.backend != "sim" or options.console:
+        raise ValueError("--batch runs several twins at once: it needs --backend sim without --console (at the robot "
+                         "trials run one at a time)")
+    if config.sim.realtime:
+        raise ValueError("--batch needs the lock-step twin; sim.realtime is on (a real-time twin runs one trial at "
+                         "a time)")
+    if options.policy in BASELINES:
+        raise ValueError(f"--batch batches a policy's forwards; the baseline {options.policy!r} runs one trial at a "
+                         f"time (leave --batch out)")
+
+
+def _run_batched(config: HardwareConfig, options: RunOptions, policy, store: RunStore, stack: ExitStack,
+                 on_trial: Callable[[TrialReport], None] | None) -> dict[str, dict[str, int]]:
+    from eval_protocols.batched import BatchedEvaluation
+    from eval_protocols.judges import TwinJudge
+    from robot.factory import open_robot
+
+    # As many twins as there are trials to run (no more than --batch), each seeded like the sequential runner's.
+    unscored = sum(not store.is_scored(task.name, i) for task in options.tasks for i in range(options.trials))
+    lanes = max(1, min(options.batch, unscored))
+    robots = [stack.enter_context(open_robot(config, "sim", seed=options.seed)) for _ in range(lanes)]
+    evaluation = BatchedEvaluation(robots, policy, TwinJudge, store, options.tasks, options.trials, options.seed,
+                                   on_trial)
+    return evaluation.run()
+
+
+def open_judge(robot, options: RunOptions, stack: ExitStack, on_console: Callable[[str], None] | None):
+    """The twin's automatic judge, or the operator's (console server started, closed with ``stack``)."""
     from eval_protocols.judges import OperatorJudge, TwinJudge
 
     if options.backend == "sim" and not options.console:

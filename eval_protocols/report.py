@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from eval_protocols.power import minimum_detectable_difference
 from eval_protocols.results import LEGACY_EXECUTION, RunDirError, RunStore, write_json_atomic
 from eval_protocols.stats import (
     DEFAULT_CONFIDENCE,
@@ -124,8 +125,13 @@ def build_numbers(runs: list[RunResults], tasks: list[str], significance: float 
                 "task": task, "baseline": runs[0].name, "run": run.name, "difference": comparison.difference,
                 "difference_low": comparison.difference_interval[0],
                 "difference_high": comparison.difference_interval[1], "fisher_p": comparison.p_value,
-                "significant": comparison.significant})
+                "significant": comparison.significant, "detectable": _detectable(comparison, significance).to_dict()})
     return numbers
+
+
+def _detectable(comparison, significance: float):
+    """The smallest differences this comparison had an 80% chance to find, at the baseline's observed rate."""
+    return minimum_detectable_difference(comparison.a.trials, comparison.b.trials, comparison.a.rate, significance)
 
 
 def plot_chart(runs: list[RunResults], tasks: list[str], path: Path, confidence: float = DEFAULT_CONFIDENCE) -> None:
@@ -177,16 +183,22 @@ def _markdown(runs: list[RunResults], tasks: list[str], numbers: dict[str, Any],
              f"Tasks: {titles}.", "", f"![success rates]({CHART})", ""]
     if len(runs) > 1:
         lines += [f"## Differences against {runs[0].name}", "",
-                  "| task | run | difference (95% CI) | Fisher exact p | significant |", "|---|---|---|---|---|"]
+                  "| task | run | difference (95% CI) | Fisher exact p | significant | detectable (80% power) |",
+                  "|---|---|---|---|---|---|"]
         for run in runs[1:]:
             for task in tasks:
                 comparison = compare_task(task, runs[0].outcome(task), run.outcome(task), significance, confidence)
                 lines.append(f"| {task} | {run.name} | {format_difference_cell(comparison)} | "
                              f"{format_p_value(comparison.p_value, significance)} | "
-                             f"{'yes' if comparison.significant else 'no'} |")
+                             f"{'yes' if comparison.significant else 'no'} | "
+                             f"{_detectable(comparison, significance).describe()} |")
         significant = [c for c in numbers["comparisons"] if c["significant"]]
         lines += ["", "Significant at p < " + f"{significance:g}: "
-                  + (", ".join(f"{c['task']} ({c['run']})" for c in significant) if significant else "none") + ".", ""]
+                  + (", ".join(f"{c['task']} ({c['run']})" for c in significant) if significant else "none") + ".", "",
+                  "Detectable: the smallest decrease / increase from the baseline's observed rate that these trial "
+                  "counts had an 80% chance to call significant (exact power of Fisher's test; none: no change in "
+                  "that direction could be). A difference below it that is \"not significant\" may only mean too "
+                  "few trials.", ""]
     if notes:
         lines += ["## Notes", "", *[f"- {note}" for note in notes], ""]
     lines += ["## Runs", "", "| run | policy | fingerprint | backend | execution | seed | trials | folder |",

@@ -3,8 +3,14 @@
 1. record demonstrations with the scripted expert through the real recorder and Zarr store;
 2. create one tiny VLA initialisation, pretrain its vision towers on the recorded frames (``fanvla finetune
    pretrain-vision``), and finetune it twice, plain SFT and FAN-SFT, same data, same steps;
-3. serve each checkpoint with the real policy server and run the four tasks through the real trial runner;
+3. serve each checkpoint with the real policy server and run the four tasks through the real trial runner, with
+   batched forwards (``eval run --batch``);
 4. write the Table-3-style report (successes, Wilson intervals, Fisher tests, chart) and print it.
+
+With ``--seeds N`` stages 2-3 run once per training seed (seed, seed + 1, ...: its own initialisation, vision
+pretraining and finetuning data order; the same recordings and the same trial situations), and the report adds the
+per-seed, pooled and seed-stratified comparison (``eval report --seeds-per-method N``). Seed 0's folders keep the
+one-seed names (``train-sft``), later seeds add ``-seed<k>``.
 
 Every stage is the real CLI in a child process, so the demo exercises exactly what users run. Re-running
 the same command resumes: the recorder tops the store up, training continues from its checkpoints and
@@ -55,6 +61,8 @@ class DemoPreset:
     # `fanvla finetune pretrain-vision` steps before finetuning (0 = off): both methods then start from
     # vision towers that already locate the gripper, the grasp and the release point (docs/finetune.md).
     vision_pretrain_steps: int = 1500
+    # Twin trials in lock-step per batched policy forward (eval run --batch; 1 = one trial at a time).
+    eval_batch: int = 8
 
 
 PRESETS = {
@@ -78,6 +86,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     demo.add_argument("--episodes", type=int, default=None, help="override the preset's demonstration count")
     demo.add_argument("--steps", type=int, default=None, help="override the preset's optimiser steps")
     demo.add_argument("--trials", type=int, default=None, help="override the preset's trials per task")
+    demo.add_argument("--seeds", type=int, default=1, help="training seeds per method (default 1): each trains "
+                                                           "and is evaluated on the same trials; the report pools "
+                                                           "them and tests stratified by seed")
+    demo.add_argument("--eval-batch", type=int, default=None,
+                      help="trials in lock-step per batched forward (default: the preset's, 8; 1 = one at a time)")
     demo.add_argument("--jobs", type=int, default=2, choices=(1, 2),
                       help="run the two methods' training and evaluation side by side (2, one core each) or in turn")
     demo.set_defaults(func=_main)
@@ -85,19 +98,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _main(args: argparse.Namespace) -> int:
     preset = PRESETS["quick" if args.quick else "default"]
-    overrides = {k: v for k, v in (("episodes", args.episodes), ("steps", args.steps), ("trials", args.trials))
-                 if v is not None}
-    if any(v <= 0 for v in overrides.values()):
-        raise UserError(f"--episodes, --steps and --trials must be positive, got {overrides}")
-    demo = Demo(Path(args.out), replace(preset, **overrides), args.seed, args.alpha, args.config, args.jobs)
+    overrides = {k: v for k, v in (("episodes", args.episodes), ("steps", args.steps), ("trials", args.trials),
+                                   ("eval_batch", args.eval_batch)) if v is not None}
+    if any(v <= 0 for v in overrides.values()) or args.seeds < 1:
+        raise UserError(f"--episodes, --steps, --trials, --eval-batch and --seeds must be positive, got "
+                        f"{ {**overrides, 'seeds': args.seeds} }")
+    demo = Demo(Path(args.out), replace(preset, **overrides), args.seed, args.alpha, args.config, args.jobs,
+                args.seeds)
     demo.run()
     return 0
 
 
 class Demo:
     def __init__(self, out: Path, preset: DemoPreset, seed: int, alpha: float | None, config_path: str | None,
-                 jobs: int) -> None:
+                 jobs: int, seeds: int = 1) -> None:
         self.out, self.preset, self.seed, self.alpha, self.jobs = out, preset, seed, alpha, jobs
+        self.training_seeds = [seed + k for k in range(seeds)]
         self.config_path = config_path
         self.timings: dict[str, float] = {}
 
@@ -116,16 +132,28 @@ class Demo:
         base, extra = divmod(self.preset.episodes, len(self.stores))
         return [base + (i < extra) for i in range(len(self.stores))]
 
-    def train_dir(self, method: str) -> Path:
-        return self.out / f"train-{method}"
+    def _suffix(self, training_seed: int | None) -> str:
+        """Folder suffix of a training seed: none for the first (the one-seed demo's names), ``-seed<k>`` after."""
+        return "" if training_seed is None or training_seed == self.seed else f"-seed{training_seed}"
 
-    def eval_dir(self, method: str) -> Path:
-        return self.out / f"eval-{method}"
+    def train_dir(self, method: str, training_seed: int | None = None) -> Path:
+        return self.out / f"train-{method}{self._suffix(training_seed)}"
+
+    def eval_dir(self, method: str, training_seed: int | None = None) -> Path:
+        return self.out / f"eval-{method}{self._suffix(training_seed)}"
+
+    def init_dir(self, training_seed: int | None = None) -> Path:
+        return self.out / f"init{self._suffix(training_seed)}"
+
+    def finetune_init_for(self, training_seed: int | None = None) -> Path:
+        """The model both methods start from: the tiny initialisation, with pretrained vision towers if enabled."""
+        if self.preset.vision_pretrain_steps > 0:
+            return self.out / f"init-vision{self._suffix(training_seed)}"
+        return self.init_dir(training_seed)
 
     @property
     def finetune_init(self) -> Path:
-        """The model both methods start from: the tiny initialisation, with pretrained vision towers if enabled."""
-        return self.out / ("init-vision" if self.preset.vision_pretrain_steps > 0 else "init")
+        return self.finetune_init_for(None)
 
     def log(self, name: str) -> Path:
         return self.out / "logs" / f"{name}.log"
@@ -169,13 +197,17 @@ class Demo:
         self._check_stores()
 
     def init_model(self) -> None:
-        """The tiny initialisation, then (if the preset says so) its vision-pretrained copy both methods start from."""
-        init = self.create_init()
-        if self.finetune_init != init:
-            self.pretrain_vision(self.stores, self.finetune_init)
+        """Per training seed: the tiny initialisation, then (if the preset says so) its vision-pretrained copy both
+        methods start from."""
+        for training_seed in self.training_seeds:
+            init = self.create_init(training_seed)
+            if self.finetune_init_for(training_seed) != init:
+                self.pretrain_vision(self.stores, self.finetune_init_for(training_seed), init=init,
+                                     seed=training_seed)
 
-    def create_init(self) -> Path:
-        init = self.out / "init"
+    def create_init(self, training_seed: int | None = None) -> Path:
+        init = self.init_dir(training_seed)
+        seed = self.seed if training_seed is None else training_seed
         if (init / "config.json").exists():
             print(f"reusing the initial model {init}")
         else:
@@ -183,11 +215,13 @@ class Demo:
             config = load_hardware_config(self.hardware)
             instructions.write_text("\n".join(config.scene.instruction_for(name) for name in config.scene.objects)
                                     + "\n")
-            Child("init", fanvla_argv("policy", "init-tiny", "--preset", self.preset.preset, "--seed", str(self.seed),
-                                      "--instructions", str(instructions), "--out", str(init)), self.log("init")).wait()
+            Child("init", fanvla_argv("policy", "init-tiny", "--preset", self.preset.preset, "--seed", str(seed),
+                                      "--instructions", str(instructions), "--out", str(init)),
+                  self.log(init.name)).wait()
         return init
 
-    def pretrain_vision(self, stores: list[Path], out: Path, max_episodes: int | None = None) -> None:
+    def pretrain_vision(self, stores: list[Path], out: Path, max_episodes: int | None = None, init: Path | None = None,
+                        seed: int | None = None) -> None:
         """``fanvla finetune pretrain-vision`` from the initial model into ``out`` (skipped when it exists)."""
         if (out / "config.json").exists():
             print(f"reusing the vision-pretrained model {out}")
@@ -198,37 +232,44 @@ class Demo:
         limit = [] if max_episodes is None else ["--max-episodes", str(max_episodes)]
         # Both cores: nothing else runs at this stage.
         Child(f"pretrain-{out.name}", fanvla_argv(
-            "finetune", "pretrain-vision", "--data", *map(str, stores), "--init", str(self.out / "init"),
-            "--out", str(partial), "--steps", str(self.preset.vision_pretrain_steps), "--seed", str(self.seed),
+            "finetune", "pretrain-vision", "--data", *map(str, stores), "--init", str(init or self.init_dir()),
+            "--out", str(partial), "--steps", str(self.preset.vision_pretrain_steps),
+            "--seed", str(self.seed if seed is None else seed),
             "--threads", str(self.jobs), "--frame-cache", str(self.out / "frame-cache"), *limit),
             self.log(f"pretrain-{out.name}")).wait()
         partial.rename(out)
 
     def finetune(self) -> None:
-        children = []
-        for method in METHODS:
-            child = Child(method, self._train_argv(method), self.log(f"train-{method}"))
-            if self.jobs == 1:
-                child.wait()
-            else:
-                children.append(child)
-        run_all(children)
-        for method in METHODS:
-            if not (self.train_dir(method) / "final" / "fanvla.json").is_file():
-                raise UserError(f"training {method} produced no final checkpoint in {self.train_dir(method)}")
+        for training_seed in self.training_seeds:  # the two methods of one seed side by side (one core each)
+            children = []
+            for method in METHODS:
+                child = Child(self.train_dir(method, training_seed).name, self._train_argv(method, training_seed),
+                              self.log(self.train_dir(method, training_seed).name))
+                if self.jobs == 1:
+                    child.wait()
+                else:
+                    children.append(child)
+            run_all(children)
+            for method in METHODS:
+                final = self.train_dir(method, training_seed) / "final"
+                if not (final / "fanvla.json").is_file():
+                    raise UserError(f"training {method} (seed {training_seed}) produced no final checkpoint in "
+                                    f"{final.parent}")
 
-    def _train_argv(self, method: str) -> list[str]:
+    def _train_argv(self, method: str, training_seed: int) -> list[str]:
         alpha = self.alpha if method == "fan-sft" else None
-        return self.finetune_argv(self.stores, self.train_dir(method), method, alpha)
+        return self.finetune_argv(self.stores, self.train_dir(method, training_seed), method, alpha,
+                                  init=self.finetune_init_for(training_seed), seed=training_seed)
 
     def finetune_argv(self, stores: list[Path], out: Path, method: str, alpha: float | None,
-                      *extra: str, init: Path | None = None) -> list[str]:
+                      *extra: str, init: Path | None = None, seed: int | None = None) -> list[str]:
         """``fanvla finetune`` with this preset's optimisation settings (shared with ``fanvla sweep``)."""
         preset = self.preset
         argv = ["finetune", "--data", *map(str, stores), "--init", str(init or self.finetune_init), "--out", str(out),
                 "--method", method, "--full", "--steps", str(preset.steps), "--batch-size", str(preset.batch_size),
                 "--lr", f"{preset.lr:g}", "--lr-schedule", preset.lr_schedule, "--warmup-steps",
-                str(preset.warmup_steps), "--seed", str(self.seed), "--threads", "1", "--val-every",
+                str(preset.warmup_steps), "--seed", str(self.seed if seed is None else seed), "--threads", "1",
+                "--val-every",
                 str(preset.val_every), "--frame-cache", str(self.out / "frame-cache"), "--no-progress", *extra]
         if not preset.augment:
             argv.append("--no-augment")
@@ -239,22 +280,31 @@ class Demo:
         return fanvla_argv(*argv)
 
     def evaluate(self) -> None:
+        for training_seed in self.training_seeds:
+            self.evaluate_seed(training_seed)
+
+    def evaluate_seed(self, training_seed: int) -> None:
+        """Serve both methods of one training seed and run every trial (run seed ``self.seed`` for every training
+        seed: the same trial situations)."""
         servers: list[Child] = []
         try:
             urls = {}
             for method in METHODS:
-                server = Child(f"serve-{method}", fanvla_argv(
-                    "serve", "--checkpoint", str(self.train_dir(method) / "final"), "--port", "0", "--threads", "1",
-                    "--http-threads", "1"), self.log(f"serve-{method}"))
+                name = self.train_dir(method, training_seed).name.replace("train-", "serve-")
+                server = Child(name, fanvla_argv(
+                    "serve", "--checkpoint", str(self.train_dir(method, training_seed) / "final"), "--port", "0",
+                    "--threads", "1", "--http-threads", "1"),
+                    self.log(name))
                 server.expect(SERVER_READY)
                 servers.append(server)
                 urls[method] = server.wait_for(timeout_s=300).group(1)
             runs = []
             for method in METHODS:
-                child = Child(f"eval-{method}", fanvla_argv(
+                run_dir = self.eval_dir(method, training_seed)
+                child = Child(run_dir.name, fanvla_argv(
                     "eval", "run", "--backend", "sim", "--policy", urls[method], "--tasks", "all", "--trials",
-                    str(self.preset.trials), "--seed", str(self.seed), "--out", str(self.eval_dir(method)),
-                    "--config", str(self.hardware)), self.log(f"eval-{method}"))
+                    str(self.preset.trials), "--seed", str(self.seed), "--out", str(run_dir),
+                    "--batch", str(self.preset.eval_batch), "--config", str(self.hardware)), self.log(run_dir.name))
                 if self.jobs == 1:
                     child.wait()
                 else:
@@ -266,7 +316,9 @@ class Demo:
 
     def report(self) -> None:
         names = ",".join(METHOD_NAMES[m] for m in METHODS)
-        Child("report", fanvla_argv("eval", "report", *(str(self.eval_dir(m)) for m in METHODS), "--names", names,
+        runs = [str(self.eval_dir(m, s)) for m in METHODS for s in self.training_seeds]  # method by method
+        seeds = ["--seeds-per-method", str(len(self.training_seeds))] if len(self.training_seeds) > 1 else []
+        Child("report", fanvla_argv("eval", "report", *runs, "--names", names, *seeds,
                                     "--out", str(self.out / "report")), self.log("report")).wait()
         table = (self.out / "report" / "README.md").read_text()
         print("\n" + table)
@@ -283,7 +335,8 @@ class Demo:
             print(f"{path}: {episodes} episodes, {frames} frames")
 
     def _settings(self) -> dict:
-        return {"preset": asdict(self.preset), "seed": self.seed, "alpha": self.alpha, "jobs": self.jobs,
+        return {"preset": asdict(self.preset), "seed": self.seed, "training_seeds": self.training_seeds,
+                "alpha": self.alpha, "jobs": self.jobs,
                 "software_version": __version__, "camera_overrides": DEMO_CAMERA}
 
     def _write_summary(self) -> None:

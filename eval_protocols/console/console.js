@@ -19,6 +19,7 @@ function render(state) {
   $("task").textContent = state.task || "-";
   $("task-title").textContent = state.task_title ? `(${state.task_title})` : "";
   $("trial").textContent = state.trial >= 0 ? `${state.trial + 1} of ${state.trials} (#${state.trial})` : "-";
+  $("policy-label").textContent = state.policy_label ? `\u00b7 ${state.policy_label}` : "";
   $("operator-text").textContent = state.operator_text || "Waiting for the first trial.";
   $("instruction").textContent = state.instruction || "";
   $("calibration-warning").hidden = state.calibrated;

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from fractions import Fraction
 
 from robot.clock import Clock, PeriodicTask, TickStats
 
@@ -29,7 +30,7 @@ class _SimTask(PeriodicTask):
             raise ValueError(f"period_s must be positive, got {period_s}")
         self.name, self.period_s, self.stats = name, period_s, TickStats()
         self.error: BaseException | None = None
-        self.next_due_s = first_due_s
+        self.next_due_s = self.first_due_s = first_due_s
         self._fn = fn
         self._clock = clock
         self._running = True
@@ -101,6 +102,31 @@ class SimClock(Clock):
             for _ in range(n):
                 self._cycle()
 
+    def align(self, max_wait_s: float = 10.0) -> float:
+        """Advance to the next instant at which every periodic task stands where it stood when it started: its
+        next runs fall on the same cycles relative to now. Something started there (an evaluation trial) does not
+        depend on what ran before: a camera at 10 frames/s renders every 12.5 cycles, i.e. 12 and 13 cycles in
+        turn, and which of the two comes first would otherwise depend on the time the previous trial ended.
+        Returns the simulated seconds waited."""
+        patterns = [(task.first_due_s, self._pattern_s(task)) for task in self._tasks if task.running]
+        start = self._cycles
+        for cycle in range(start, start + int(max_wait_s / self.cycle_s) + 1):
+            t_s = cycle * self.cycle_s
+            if all(_on_grid(t_s - first_s, pattern_s) for first_s, pattern_s in patterns):
+                self.sleep_until(t_s)
+                return t_s - start * self.cycle_s
+        raise SimClockError(f"SimClock: the periodic tasks' schedules do not line up within {max_wait_s:g} s "
+                            f"({[task.name for task in self._tasks]})")
+
+    def _pattern_s(self, task: _SimTask) -> float:
+        """The task's schedule repeats on the cycle grid every this many seconds (q periods, q * period / cycle an
+        integer)."""
+        ratio = Fraction(task.period_s / self.cycle_s).limit_denominator(1000)
+        if abs(float(ratio) * self.cycle_s - task.period_s) > 1e-9:
+            raise SimClockError(f"SimClock: task {task.name}'s period {task.period_s} s is not a simple fraction of "
+                                f"the {self.cycle_s} s cycle; its schedule cannot be aligned")
+        return ratio.denominator * task.period_s
+
     def _cycle(self) -> None:
         now = self.now_s()
         for task in list(self._tasks):
@@ -114,6 +140,11 @@ class SimClock(Clock):
 
     def _advancing(self) -> _Advancing:
         return _Advancing(self)
+
+
+def _on_grid(offset_s: float, pattern_s: float) -> bool:
+    periods = offset_s / pattern_s
+    return periods > -1e-9 and abs(periods - round(periods)) < 1e-6
 
 
 class _Advancing:

@@ -164,3 +164,39 @@ def test_placement_marker_is_on_the_live_frame(tmp_path, hardware_config):
     elsewhere = calibration.project([[*trial.scene.box_xy_mm, 0.0]])[0]
     assert _marker_pixels_near(jpeg, centre) > 30
     assert _marker_pixels_near(jpeg, elsewhere) < 5
+
+
+def test_the_ab_page_shows_policy_1_and_2_and_nothing_that_names_a_policy(browser, tmp_path, hardware_config,
+                                                                          task_file):
+    from eval_protocols.ab import ABOptions, run_ab
+
+    tasks = resolve_tasks(str(task_file(name="short", max_duration_s=2)), hardware_config.scene)
+    common = RunOptions("sim", "", tasks, 1, 0, tmp_path / "ab", console=True, console_port=0)
+    options = ABOptions("scripted-expert", "random", 1, common)
+    urls, errors = [], []
+
+    def run() -> None:
+        try:
+            run_ab(hardware_config, options, on_console=urls.append)
+        except BaseException as error:
+            errors.append(error)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    find = lambda element_id: browser.find_element("id", element_id)  # noqa: E731
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    WebDriverWait(browser, WAIT_S, poll_frequency=0.05).until(lambda _: urls or errors, "no console URL")
+    assert not errors, errors
+    browser.get(urls[0])
+    for slot in (1, 2):
+        _wait_phase(browser, "setup")
+        assert find("policy-label").text == f"· policy {slot}" and find("trial").text.startswith("1 of 1")
+        page = browser.find_element("tag name", "body").text
+        assert "scripted" not in page and "random" not in page and "expert" not in page
+        find("start").click()
+        _wait_phase(browser, "scoring")
+        find("failure").click()
+    thread.join(WAIT_S)
+    assert not errors, errors
+    assert [len(RunStore.read(tmp_path / "ab" / arm).records()) for arm in ("a", "b")] == [1, 1]

@@ -115,3 +115,44 @@ def test_quick_sweep_on_the_demo_stores_writes_every_cell(quick_demo, tmp_path):
     frames = [int(re.search(r"pretraining the vision towers on (\d+) frames",
                             (sweep / "logs" / f"pretrain-init-vision-{n}.log").read_text()).group(1)) for n in (3, 6)]
     assert 0 < frames[0] < frames[1]
+
+
+def test_a_second_training_seed_reuses_the_first_and_reports_by_seed(quick_demo):
+    """``--seeds 2`` on the finished one-seed demo: seed 0's recordings, models and trials are reused as they are;
+    seed 1 gets its own initialisation, vision pretraining, training and evaluation on the same trial situations;
+    the report pools and stratifies by seed."""
+    out, _, _ = quick_demo
+    before = {m: (out / f"eval-{m}" / "results.jsonl").read_bytes() for m in ("sft", "fan-sft")}
+    result = _fanvla("demo", "--quick", "--seeds", "2", "--out", str(out))
+    assert "reusing the initial model" in result.stdout
+    for method in ("sft", "fan-sft"):
+        assert (out / f"eval-{method}" / "results.jsonl").read_bytes() == before[method]
+        trained = json.loads((out / f"train-{method}-seed1" / "final" / "fanvla.json").read_text())
+        assert trained["training_config"]["seed"] == 1
+        assert trained["training_config"]["init"] == str(out / "init-vision-seed1")
+        first = {(r["task"], r["trial"]): r["scene"] for r in RunStore.read(out / f"eval-{method}").records()}
+        second = {(r["task"], r["trial"]): r["scene"] for r in RunStore.read(out / f"eval-{method}-seed1").records()}
+        assert first == second and len(second) == 2 * len(TASKS)  # the same trial situations
+    numbers = json.loads((out / "report" / "results.json").read_text())
+    assert numbers["seeds"]["seeds"] == 2 and len(numbers["runs"]) == 4
+    assert [c["method"] for c in numbers["seeds"]["comparisons"]] == ["OpenVLA-tiny + FAN-SFT"] * len(TASKS)
+    assert "## Over training seeds (2 per method)" in (out / "report" / "README.md").read_text()
+    assert json.loads((out / "demo.json").read_text())["training_seeds"] == [0, 1]
+
+
+@pytest.mark.slow  # 6 min on this machine class: the seed machinery is the demo's, tested above without slow
+def test_quick_sweep_with_two_training_seeds_pools_them_and_tests_by_seed(quick_demo, tmp_path):
+    out, _, _ = quick_demo
+    stores = [str(p) for p in sorted(out.glob("demos-*.zarr"))]
+    sweep = tmp_path / "sweep-seeds"
+    _fanvla("sweep", "--quick", "--out", str(sweep), "--data", *stores, "--alphas", "0,0.05", "--episodes", "3",
+            "--tasks", "task1", "--trials", "2", "--seeds", "2")
+    numbers = json.loads((sweep / "sweep.json").read_text())
+    assert sorted((r["alpha"], r["training_seed"]) for r in numbers["per_seed"]) == [(0.0, 0), (0.0, 1), (0.05, 0),
+                                                                                      (0.05, 1)]
+    assert [(r["alpha"], r["seeds"], r["trials"]) for r in numbers["pooled"]] == [(0.0, 2, 4), (0.05, 2, 4)]
+    (test,) = numbers["stratified"]
+    assert test["seeds"] == [0, 1] and 0.0 < test["exact_p"] <= 1.0
+    assert (sweep / "cells" / "n3-a0.05-seed1" / "train" / "final" / "fanvla.json").is_file()
+    assert (sweep / "init-vision-3-seed1" / "config.json").is_file()
+    assert (sweep / "sweep.csv").read_text().count("\n") == 3  # pooled rows

@@ -110,3 +110,32 @@ def test_only_one_thread_advances(plant):
     finally:
         release.set()
         worker.join()
+
+
+def _run_cycles(clock: SimClock, cycles: int) -> list[int]:
+    """Cycles (relative to now) at which the clock's tasks ran over the next ``cycles`` cycles."""
+    start, runs = clock.cycles, []
+    clock._tasks[0]._fn = lambda: runs.append(clock.cycles - start)
+    clock.advance_cycles(cycles)
+    return runs
+
+
+@pytest.mark.parametrize("elapsed_cycles", [0, 1, 7, 12, 13, 100, 251])
+def test_align_restores_the_schedule_a_trial_started_with(clock, elapsed_cycles):
+    """A camera at 10 frames/s on 8 ms cycles renders every 12.5 cycles (12 and 13 in turn): after align() the
+    frames fall on the same cycles as they did at the start, whatever ran before."""
+    clock.every(0.1, lambda: None, "camera")
+    fresh = SimClock(lambda: None, CYCLE_S)
+    fresh.every(0.1, lambda: None, "camera")
+    expected = _run_cycles(fresh, 200)
+    assert expected[:4] == [0, 13, 25, 38]  # 12.5 cycles a frame: the uneven pattern align must restore
+    clock.advance_cycles(elapsed_cycles)
+    waited_s = clock.align()
+    assert 0 <= waited_s < 0.2 + 1e-9  # at most one pattern (2 frames = 25 cycles)
+    assert _run_cycles(clock, 200) == expected
+
+
+def test_align_refuses_a_period_that_is_no_simple_fraction_of_the_cycle(clock):
+    clock.every(0.1 * 3 ** 0.5, lambda: None, "odd")
+    with pytest.raises(SimClockError, match="not a simple fraction"):
+        clock.align()
