@@ -20,6 +20,16 @@ from finetune.rl.losses import action_log_probs, fan_ppo_regularizer, gae, ppo_p
 from finetune.rl.rollout import Rollout
 
 
+def make_optimizer(actor: ActorCritic, config: RLConfig) -> torch.optim.AdamW:
+    """AdamW over two groups: the policy's trainable parameters at ``lr``, the value head at ``value_lr`` (the
+    paper's 1e-4 and 3e-3); no weight decay."""
+    value = list(actor.value_head.parameters())
+    value_ids = {id(p) for p in value}
+    policy = [p for p in actor.parameters() if p.requires_grad and id(p) not in value_ids]
+    return torch.optim.AdamW([{"params": policy, "lr": config.lr, "name": "policy"},
+                              {"params": value, "lr": config.value_lr, "name": "value_head"}], weight_decay=0.0)
+
+
 def ppo_update(actor: ActorCritic, optimizer: torch.optim.Optimizer, rollout: Rollout, config: RLConfig,
                bin_values: np.ndarray, generator: torch.Generator) -> dict[str, float]:
     started = time.perf_counter()

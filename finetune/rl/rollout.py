@@ -87,8 +87,12 @@ class ActionDecoder:
     def __init__(self, bin_values: np.ndarray, stats: ActionStats, space: ActionSpaceSpec) -> None:
         self.bin_values, self.stats, self.space = np.asarray(bin_values, dtype=np.float64), stats, space
 
+    def actions(self, bins: np.ndarray) -> np.ndarray:
+        """(N, 7) bins -> (N, 7) actions in the checkpoint's units."""
+        return unnormalize(self.bin_values[bins], self.stats)
+
     def commands(self, bins: np.ndarray, observation: VectorObservation) -> list:
-        actions = unnormalize(self.bin_values[bins], self.stats)
+        actions = self.actions(bins)
         return [command_from_action(action, arm, self.space.name) for action, arm in
                 zip(actions, observation.arms, strict=True)]
 

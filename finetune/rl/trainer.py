@@ -28,7 +28,7 @@ from finetune.model_setup import describe_parameters, load_initial_model, make_t
 from finetune.rl.actor_critic import ActorCritic
 from finetune.rl.config import RLConfig
 from finetune.rl.export import export_policy
-from finetune.rl.ppo import ppo_update
+from finetune.rl.ppo import make_optimizer, ppo_update
 from finetune.rl.rollout import ActionDecoder, RolloutStats, collect
 from policy.action_space import ACTION_DIM
 from robot.sim.vector_env import SceneSource, TwinVectorEnv, VectorEnvSettings, input_render_size
@@ -114,14 +114,6 @@ class _RLRun:
         actor.eval()
         return actor, deployment
 
-    def _optimizer(self, actor: ActorCritic) -> torch.optim.Optimizer:
-        value = list(actor.value_head.parameters())
-        value_ids = {id(p) for p in value}
-        policy = [p for p in actor.parameters() if p.requires_grad and id(p) not in value_ids]
-        return torch.optim.AdamW([{"params": policy, "lr": self.config.lr, "name": "policy"},
-                                  {"params": value, "lr": self.config.value_lr, "name": "value_head"}],
-                                 weight_decay=0.0)
-
     def _env(self, actor: ActorCritic) -> TwinVectorEnv:
         camera = self.hardware.camera.color
         width, height = input_render_size(camera.width, camera.height, actor.vla.image_settings.image_size)
@@ -136,7 +128,7 @@ class _RLRun:
         config = self.config
         saved = self._saved()
         actor, deployment = self._model()
-        optimizer = self._optimizer(actor)
+        optimizer = make_optimizer(actor, config)
         generator = torch.Generator().manual_seed(config.seed)
         stats = RolloutStats(config.window)
         update, env_steps, first_episodes = 0, 0, None
