@@ -96,7 +96,9 @@ class ActorCritic(nn.Module):
     @torch.no_grad()
     def act(self, pixel_values: torch.Tensor, prompt_ids: Sequence[Sequence[int]], temperature: float = 1.0,
             generator: torch.Generator | None = None) -> ActionSample:
-        """Sample (``temperature`` > 0) or take the mode (``temperature`` = 0) of each of the 7 action tokens."""
+        """Sample (``temperature`` > 0) or take the mode (``temperature`` = 0) of each of the 7 action tokens. The
+        log-probabilities are those of the distribution sampled, softmax(logits / temperature); ``action_logits`` are
+        the model's own (untempered)."""
         vla = self.vla
         input_ids, attention_mask = left_pad(prompt_ids, vla.pad_token_id)
         _, projected = vla.image_embeddings(pixel_values)
@@ -123,7 +125,7 @@ class ActorCritic(nn.Module):
                                         use_cache=True, logits_to_keep=1, **{keyword: cache}).logits[:, -1]
         chosen = torch.stack(bins, dim=1)
         stacked = torch.stack(step_logits, dim=1)
-        log_pi = torch.log_softmax(stacked, dim=-1)
+        log_pi = torch.log_softmax(stacked / temperature if temperature > 0 else stacked, dim=-1)
         return ActionSample(chosen, log_pi.gather(-1, chosen.unsqueeze(-1)).squeeze(-1).sum(-1), values, stacked)
 
     @torch.no_grad()

@@ -116,10 +116,11 @@ class RLConfig:
             if not value > 0:
                 problems.append(f"{flag} must be > 0, got {value}")
         for flag, value in (("--entropy-coef", self.entropy_coef), ("--value-coef", self.value_coef),
-                            ("--max-grad-norm", self.max_grad_norm), ("--shaping-weight", self.shaping_weight),
-                            ("--temperature", self.temperature)):
+                            ("--max-grad-norm", self.max_grad_norm), ("--shaping-weight", self.shaping_weight)):
             if value < 0:
                 problems.append(f"{flag} must be >= 0, got {value}")
+        if not self.temperature > 0:
+            problems.append(f"--temperature must be > 0 (PPO needs sampled actions), got {self.temperature}")
         if self.workers < 0 or self.eval_every < 0 or self.success_window < 0:
             problems.append("--workers, --eval-every and --success-window must be >= 0")
         if problems:

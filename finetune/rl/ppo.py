@@ -4,6 +4,8 @@ Per minibatch: the teacher-forced action distributions and values (``ActorCritic
 loss = PPO clipped surrogate + value_coef * value loss [+ alpha * FAN-KL for fan-ppo] - entropy_coef * entropy,
 one optimiser step (the policy's parameters at ``lr``, the value head at ``value_lr``), gradients clipped to
 ``max_grad_norm``. The FAN-KL is measured for both methods (the PPO run shows how far it drifts from the prior).
+The ratio's log-probabilities are those of the rollout's sampling distribution, softmax(logits / temperature); the
+FAN-KL and the entropy read the model's own pi_d = softmax(logits) (the same at the default temperature 1).
 """
 
 from __future__ import annotations
@@ -54,7 +56,8 @@ def ppo_update(actor: ActorCritic, optimizer: torch.optim.Optimizer, rollout: Ro
             evaluation = actor.evaluate(actor.pixel_values(images[rows]), actor.prompt_ids([instructions[i]
                                                                                             for i in rows]),
                                         bins[index])
-            log_probs = action_log_probs(evaluation.action_logits, bins[index])
+            # The ratio compares the distributions the actions were sampled from: softmax(logits / temperature).
+            log_probs = action_log_probs(evaluation.action_logits / config.temperature, bins[index])
             policy = ppo_policy_loss(log_probs, old_log_probs[index], normalised[index], config.clip)
             values = value_loss(evaluation.values, flat_returns[index])
             fan_kl = fan_ppo_regularizer(evaluation.action_logits, bin_values, config.fan_sigma)

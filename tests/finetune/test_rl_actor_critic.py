@@ -44,6 +44,17 @@ def test_sampled_log_probs_and_values_equal_the_teacher_forced_ones(model) -> No
     assert sample.bins.shape == (4, 7) and int(sample.bins.min()) >= 0 and int(sample.bins.max()) < 256
 
 
+def test_tempered_sampling_reports_the_log_probs_of_the_distribution_it_sampled(model) -> None:
+    actor = ActorCritic(model, model)
+    pixels, prompts = _inputs(actor, 3)
+    sample = actor.act(pixels, prompts, temperature=0.5, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        evaluation = actor.evaluate(pixels, prompts, sample.bins)
+    torch.testing.assert_close(action_log_probs(evaluation.action_logits / 0.5, sample.bins), sample.log_probs,
+                               rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(action_log_probs(evaluation.action_logits, sample.bins), sample.log_probs, atol=1e-2)
+
+
 def test_a_row_is_the_same_alone_and_in_a_padded_batch(model) -> None:
     actor = ActorCritic(model, model)
     pixels, prompts = _inputs(actor, 2)

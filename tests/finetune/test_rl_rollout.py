@@ -89,6 +89,8 @@ def test_every_bad_option_is_named_at_once() -> None:
         assert expected in message
     with pytest.raises(FinetuneError, match="--sigma must be > 0"):
         RLConfig(init="m", out="o", sigma=0.0).check()
+    with pytest.raises(FinetuneError, match="--temperature must be > 0"):
+        RLConfig(init="m", out="o", temperature=0.0).check()
     RLConfig(init="m", out="o").check()
 
 
