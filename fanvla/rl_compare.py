@@ -109,8 +109,8 @@ def _compare(args: argparse.Namespace) -> int:
     write_hardware(args.config, overrides, hardware_path)
     runs = [RunSpec(method, seed, out / f"{method}-seed{seed}") for method in methods for seed in seeds]
     print("== evaluating the starting checkpoint ==", flush=True)
-    run_evaluation(init, out / "eval-init", hardware_path, args.eval_tasks, args.eval_trials, args.eval_seed,
-                   out / "logs" / "eval-init.log")
+    start_rates = run_evaluation(init, out / "eval-init", hardware_path, args.eval_tasks, args.eval_trials,
+                                 args.eval_seed, out / "logs" / "eval-init.log")
     children = []
     for spec in runs:
         if (spec.out / "rl_summary.json").is_file():
@@ -126,7 +126,7 @@ def _compare(args: argparse.Namespace) -> int:
                 run_all(children)
                 children = []
     run_all(children)
-    summary = summarise(runs, out, args.threshold)
+    summary = summarise(runs, out, args.threshold, start_rates)
     _final_report(runs, out)
     print("\n" + (out / "README.md").read_text())
     return 0 if summary else 1
@@ -155,8 +155,10 @@ def _run_argv(args: argparse.Namespace, spec: RunSpec, init: Path, hardware_path
     return argv
 
 
-def summarise(runs: list[RunSpec], out: Path, threshold: float) -> dict:
-    """Steps to the threshold per run and per method; curves; OUT/compare.json and OUT/README.md."""
+def summarise(runs: list[RunSpec], out: Path, threshold: float,
+              start_rates: dict[str, float] | None = None) -> dict:
+    """Steps to the threshold per run and per method; curves; OUT/compare.json and OUT/README.md. ``start_rates``:
+    the starting checkpoint's success per evaluated task."""
     from finetune.rl.plot import load_run, plot_rl_runs
 
     per_method: dict[str, dict] = {}
@@ -166,8 +168,11 @@ def summarise(runs: list[RunSpec], out: Path, threshold: float) -> dict:
         reached = steps_to_threshold(train, threshold)
         final_eval = {k.removeprefix("success_"): float(v[-1]) for k, v in evaluation.items()
                       if k.startswith("success_")} if evaluation else {}
+        summary_path = spec.out / "rl_summary.json"
+        wall_s = json.loads(summary_path.read_text())["wall_s"] if summary_path.is_file() else None
         rows.append({"run": spec.name, "method": spec.method, "seed": spec.seed, "steps_to_threshold": reached,
-                     "env_steps": float(train["env_steps"][-1]),
+                     "env_steps": float(train["env_steps"][-1]), "wall_s": wall_s,
+                     "first_rollout_success": float(train["rollout_success"][0]),
                      "final_rollout_success": float(train["rollout_success_window"][-1]),
                      "final_eval": final_eval})
         entry = per_method.setdefault(spec.method, {"reached": [], "runs": 0})
@@ -179,25 +184,34 @@ def summarise(runs: list[RunSpec], out: Path, threshold: float) -> dict:
     ratio = None
     if {"ppo", "fan-ppo"} <= set(per_method) and all(per_method[m]["interval"] for m in ("ppo", "fan-ppo")):
         ratio = per_method["fan-ppo"]["interval"][0] / per_method["ppo"]["interval"][0]
+    start_mean = float(np.mean(list(start_rates.values()))) if start_rates else None
     plot_rl_runs([spec.out for spec in runs], out / "curves.png", [METHOD_NAMES[spec.method] for spec in runs],
-                 threshold)
-    summary = {"threshold": threshold, "runs": rows, "methods": per_method, "fan_ppo_over_ppo_steps": ratio}
+                 threshold, start_mean)
+    summary = {"threshold": threshold, "start_evaluation": start_rates, "runs": rows, "methods": per_method,
+               "fan_ppo_over_ppo_steps": ratio}
     (out / "compare.json").write_text(json.dumps(summary, indent=2))
-    (out / "README.md").write_text("\n".join(_markdown(rows, per_method, ratio, threshold)) + "\n")
+    (out / "README.md").write_text("\n".join(_markdown(rows, per_method, ratio, threshold, start_mean)) + "\n")
     return summary
 
 
-def _markdown(rows: list[dict], per_method: dict, ratio: float | None, threshold: float) -> list[str]:
+def _markdown(rows: list[dict], per_method: dict, ratio: float | None, threshold: float,
+              start_mean: float | None) -> list[str]:
     lines = ["# PPO vs FAN-PPO", "", f"Environment steps until the rollout success first reaches {threshold:.0%} "
-             "(over the last window of finished episodes):", "",
-             "| run | steps to threshold | final rollout success | final evaluation (mean over tasks) |",
-             "|---|---|---|---|"]
+             "(over the last window of finished episodes); rollout success of the first update (the starting "
+             "policy, sampled) and of the last window; evaluation success (greedy, trial runner), mean over the "
+             "evaluated tasks:", "",
+             "| run | steps to threshold | rollout success: first update -> last window | final evaluation | "
+             "wall time |", "|---|---|---|---|---|"]
+    if start_mean is not None:
+        lines.append(f"| start (--init) | - | - | {start_mean:.2f} | - |")
     for row in rows:
         reached = f"{row['steps_to_threshold']:,.0f}" if row["steps_to_threshold"] is not None else \
             f"not within {row['env_steps']:,.0f}"
         evaluation = row["final_eval"].get("mean")
-        lines.append(f"| {row['run']} | {reached} | {row['final_rollout_success']:.2f} | "
-                     f"{'-' if evaluation is None else f'{evaluation:.2f}'} |")
+        wall = "-" if row["wall_s"] is None else f"{row['wall_s'] / 60:.1f} min"
+        lines.append(f"| {row['run']} | {reached} | {row['first_rollout_success']:.2f} -> "
+                     f"{row['final_rollout_success']:.2f} | {'-' if evaluation is None else f'{evaluation:.2f}'} | "
+                     f"{wall} |")
     lines += ["", "| method | seeds reaching the threshold | mean steps (95 % t interval) |", "|---|---|---|"]
     for method, entry in per_method.items():
         interval = entry["interval"]

@@ -31,7 +31,9 @@ def load_run(run: Path) -> tuple[dict, dict]:
 
 
 def plot_rl_runs(runs: Sequence[str | Path], out: str | Path, groups: Sequence[str] | None = None,
-                 threshold: float | None = None) -> Path:
+                 threshold: float | None = None, start_success: float | None = None) -> Path:
+    """``start_success``: the evaluation success of the starting checkpoint, drawn at 0 steps (runs that did not
+    evaluate it themselves)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -51,7 +53,8 @@ def plot_rl_runs(runs: Sequence[str | Path], out: str | Path, groups: Sequence[s
         steps = train.get("env_steps", np.array([]))
         for key, axis in panels.items():
             if key != "eval" and key in train:
-                axis.plot(steps, train[key], color=colour, alpha=0.8, label=label)
+                axis.plot(steps, train[key], color=colour, alpha=0.8, label=label,
+                          marker="." if len(steps) < 30 else None)  # short runs: points, not invisible lines
         if evaluation:
             axis = panels["eval"]
             axis.plot(evaluation["env_steps"], evaluation["success_mean"], color=colour, marker="o", label=label)
@@ -60,6 +63,9 @@ def plot_rl_runs(runs: Sequence[str | Path], out: str | Path, groups: Sequence[s
                     if name.startswith("success_") and name != "success_mean":
                         axis.plot(evaluation["env_steps"], values, linestyle=":", marker=".",
                                   label=name.removeprefix("success_"))
+    if start_success is not None:
+        panels["eval"].plot([0], [start_success], color="black", marker="*", markersize=12, linestyle="none",
+                            label="start (--init)")
     for key, title in PANELS:
         axis = panels[key]
         axis.set_title(title)

@@ -99,4 +99,6 @@ def test_compare_runs_both_methods_and_reports(tmp_path: Path, quick_run: Path) 
     summary = json.loads((out / "compare.json").read_text())
     assert [row["run"] for row in summary["runs"]] == ["PPO seed 0", "FAN-PPO seed 0"]
     assert (out / "report" / "README.md").is_file() and (out / "curves.png").is_file()
+    assert "| start (--init) | - | - | 0.00 | - |" in (out / "README.md").read_text()
+    assert summary["start_evaluation"] == {"task1": 0.0}
     assert "start (--init)" in (out / "report" / "README.md").read_text()
