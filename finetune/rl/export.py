@@ -2,8 +2,9 @@
 tokenizer, fanvla.json), so ``fanvla serve`` and ``fanvla eval run --policy DIR`` take them as they are.
 
 The statistics, action space, statistics key and centre crop are those of ``--init`` (RL changes the weights, not
-what an action means). LoRA adapters are merged into a copy of the model (the training model keeps its adapters);
-the value head is not part of a policy. A directory is written under a temporary name and renamed into place.
+what an action means). LoRA adapters are merged into a copy of the model while the run goes on (the training model
+keeps its adapters) and into the training model itself for the run's final export; the value head is not part of a
+policy. A directory is written under a temporary name and renamed into place.
 """
 
 from __future__ import annotations
@@ -22,14 +23,16 @@ from policy.model_info import FANVLA_FILE
 
 
 def export_policy(actor: ActorCritic, config: RLConfig, deployment: DeploymentInfo, out_dir: Path,
-                  record: dict[str, Any]) -> Path:
+                  record: dict[str, Any], keep_adapters: bool = True) -> Path:
+    """``keep_adapters``: merge into a copy (training goes on); False merges into the training model itself (the
+    run's last export: no second copy of the weights in memory, which matters for the 7B)."""
     temp = out_dir.with_name(f".{out_dir.name}.writing")
     shutil.rmtree(temp, ignore_errors=True)
     temp.mkdir(parents=True)
     if config.full:
         model = actor.vla
     else:
-        peft = copy.deepcopy(actor.peft)
+        peft = copy.deepcopy(actor.peft) if keep_adapters else actor.peft
         peft.save_pretrained(str(temp / ADAPTER_DIR), save_embedding_layers=False)
         model = peft.merge_and_unload()
     model.save_pretrained(temp)

@@ -172,8 +172,8 @@ class _RLRun:
                         self._checkpoint(update, env_steps, actor, optimizer, generator, stats, env, deployment)
                     if config.eval_every and update % config.eval_every == 0 and update < config.updates:
                         self._export_and_evaluate(writer, actor, deployment, update, env_steps)
-            final = export_policy(actor, config, deployment, self.out / FINAL_DIR, self._record(update, env_steps,
-                                                                                               stats))
+            final = export_policy(actor, config, deployment, self.out / FINAL_DIR,
+                                  self._record(update, env_steps, stats), keep_adapters=False)
             if self.evaluate is not None and update not in self._evaluated_updates():
                 self._evaluate(writer, final, update, env_steps)
         finally:

@@ -184,3 +184,44 @@ def test_without_reward_ppo_leaves_the_policy_alone_and_fan_ppo_pulls_it_to_the_
     assert metrics["grad_norm"] == 0 and metrics["fan_kl"] > 0  # the FAN-KL is measured, not optimised
     _, _, kl_before, kl_after, metrics = results["fan-ppo"]
     assert kl_after < kl_before - 1e-3 and metrics["grad_norm"] > 0
+
+
+# ------------------------------------------------------------------------------------------------ exports
+def test_a_mid_run_export_is_the_actors_policy_and_training_keeps_its_adapters(tmp_path) -> None:
+    from finetune.model_setup import load_initial_model
+    from finetune.rl.export import export_policy
+    from policy.deployment import resolve_deployment
+    from policy.tiny import build_tiny
+
+    init = build_tiny(tmp_path / "init", "test", seed=0, instructions=INSTRUCTIONS)
+    config = RLConfig(init=str(init), out=str(tmp_path / "run"), lora_rank=4)
+
+    def load(path):
+        return load_initial_model(TrainConfig(data=(), init=str(path), out="-"), torch.device("cpu"), torch.float32)
+
+    model = load(init)
+    dims = {key: entry.action.dim for key, entry in model.norm_stats.items()}
+    deployment = resolve_deployment(init, list(model.norm_stats), dims)
+    torch.manual_seed(0)
+    actor = ActorCritic(model, make_trainable(model, TrainConfig(data=(), init="-", out="-", lora_rank=4)))
+    with torch.no_grad():  # adapters that change the policy (lora_B starts at zero)
+        for name, parameter in actor.named_parameters():
+            if "lora_B" in name:
+                parameter.normal_(0, 0.05)
+    images = np.random.default_rng(0).integers(0, 256, size=(2, 40, 70, 3), dtype=np.uint8)
+    pixels, prompts = actor.pixel_values(images), actor.prompt_ids(INSTRUCTIONS)
+    sample = actor.act(pixels, prompts, temperature=1.0, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        before = actor.evaluate(pixels, prompts, sample.bins).action_logits
+    exported = export_policy(actor, config, deployment, tmp_path / "run" / "evals" / "policy", {"rl": {}})
+    assert any("lora_A" in name for name, _ in actor.named_parameters())  # the training model keeps its adapters
+    served = ActorCritic(load(exported), load(exported))
+    with torch.no_grad():
+        after = actor.evaluate(pixels, prompts, sample.bins).action_logits
+        merged = served.evaluate(served.pixel_values(images), served.prompt_ids(INSTRUCTIONS), sample.bins)
+    torch.testing.assert_close(after, before)
+    torch.testing.assert_close(merged.action_logits, before, rtol=1e-4, atol=1e-4)
+    base = ActorCritic(load(init), load(init))
+    with torch.no_grad():
+        untrained = base.evaluate(pixels, prompts, sample.bins).action_logits
+    assert (untrained - before).abs().max() > 1e-2  # the adapters mattered, so the comparison above means something
