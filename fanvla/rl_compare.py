@@ -3,7 +3,7 @@
 1. the run's hardware.yaml (default: the repository's with the demo's camera, the one the demo's checkpoints saw);
 2. the starting checkpoint evaluated once (``OUT/eval-init``: every run's point at 0 environment steps; all runs
    share the evaluation seed, so they face the same trials);
-3. ``fanvla rl`` for every method and seed (``OUT/<method>-seed<s>``), one after another or two side by side
+3. ``fanvla rl`` for every seed and method (``OUT/<method>-seed<s>``), one after another or two side by side
    (``--jobs 2``, one core each), each evaluated every ``--eval-every`` updates and at its end;
 4. the summary (``OUT/README.md``, ``OUT/compare.json``): environment steps until the rollout success (over the last
    window of finished episodes) first reaches ``--threshold``, per seed, with the mean and a 95 % t interval across
@@ -107,7 +107,9 @@ def _compare(args: argparse.Namespace) -> int:
     overrides = (DEMO_CAMERA_SETTINGS if args.camera == "demo" else []) + list(args.overrides)
     hardware_path = out / "hardware.yaml"
     write_hardware(args.config, overrides, hardware_path)
-    runs = [RunSpec(method, seed, out / f"{method}-seed{seed}") for method in methods for seed in seeds]
+    # seed by seed, both methods side by side: with --jobs 2 they share the machine alike, and an interrupted
+    # comparison has every method at the first seeds
+    runs = [RunSpec(method, seed, out / f"{method}-seed{seed}") for seed in seeds for method in methods]
     print("== evaluating the starting checkpoint ==", flush=True)
     start_rates = run_evaluation(init, out / "eval-init", hardware_path, args.eval_tasks, args.eval_trials,
                                  args.eval_seed, out / "logs" / "eval-init.log")
