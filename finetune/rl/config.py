@@ -7,13 +7,13 @@ from pathlib import Path
 from typing import Any
 
 from finetune.config import FinetuneError
-from finetune.rl.losses import (
-    DEFAULT_CLIP,
-    DEFAULT_FAN_PPO_ALPHA,
-    DEFAULT_FAN_PPO_SIGMA,
-    DEFAULT_GAE_LAMBDA,
-    DEFAULT_GAMMA,
-)
+
+# The paper's settings (../shared/notes/fan.md). This module imports no torch: `fanvla`'s parser reads it.
+DEFAULT_GAMMA = 0.99
+DEFAULT_GAE_LAMBDA = 0.95  # the paper's
+DEFAULT_CLIP = 0.2  # the paper's
+DEFAULT_FAN_PPO_ALPHA = 1.0  # the paper's, OpenVLA
+DEFAULT_FAN_PPO_SIGMA = 0.3  # the paper's, OpenVLA; normalised action units (finetune/rl/losses.py)
 
 RL_METHODS = ("ppo", "fan-ppo")
 # The paper caps trajectories at 80 steps for ManiSkill. The twin's task takes the scripted expert 77-87 ticks at

@@ -24,12 +24,12 @@ import numpy as np
 import torch
 
 from finetune.losses import _log_policy
-
-DEFAULT_GAMMA = 0.99
-DEFAULT_GAE_LAMBDA = 0.95  # the paper's
-DEFAULT_CLIP = 0.2  # the paper's
-DEFAULT_FAN_PPO_ALPHA = 1.0  # the paper's, OpenVLA
-DEFAULT_FAN_PPO_SIGMA = 0.3  # the paper's, OpenVLA; normalised action units (module docstring)
+from finetune.rl.config import (  # the paper's settings (torch-free, so the CLI can show them)
+    DEFAULT_CLIP,
+    DEFAULT_FAN_PPO_SIGMA,
+    DEFAULT_GAE_LAMBDA,
+    DEFAULT_GAMMA,
+)
 
 
 class RLLossInputError(ValueError):

@@ -10,6 +10,7 @@ from eval_protocols.task_spec import resolve_tasks, trial_seed
 from fanvla.config import load_hardware_config
 from fanvla.rl import TaskScenes, training_scene_seed
 from fanvla.rl_compare import mean_interval, steps_to_threshold
+from tests.conftest import REPO_ROOT
 
 
 def test_training_scenes_follow_the_tasks_but_never_repeat_an_evaluation_trial() -> None:
@@ -54,3 +55,14 @@ def test_mean_interval_is_the_student_t_interval() -> None:
     assert mean == 2.0 and low == pytest.approx(2.0 - 2.4841, abs=1e-4) and high == pytest.approx(4.4841, abs=1e-4)
     assert mean_interval([5.0]) == (5.0, 5.0, 5.0)
     assert mean_interval([]) is None
+
+
+def test_registering_the_rl_commands_imports_no_torch() -> None:
+    """`fanvla` on the robot PC must not need torch: the rl commands' options come from torch-free modules."""
+    import subprocess
+    import sys
+
+    code = "import sys, fanvla.cli as c; c.build_parser(); print('torch' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "False"
