@@ -51,6 +51,11 @@ BENCHMARKS: dict[str, tuple[str, str, list[str]]] = {
                           "memory", "/health p99 < 100 ms, no 5xx, memory back to baseline", []),
     "eval_trial_overhead": ("evaluation trial cost per step vs a bare control-loop episode",
                             "the trial runner adds little", []),
+    "vector_env_bench": ("vectorised twin (robot/sim/vector_env.py): env steps/s for N = 1, 8, 32 scenes, in process "
+                         "and over 2 worker processes, vs the single-scene evaluation loop",
+                         "many scenes over the two cores step faster than the evaluation loop", []),
+    "rl_step_bench": ("RL update time: FAN-PPO vs PPO on the same minibatch, vs the SFT training step; acting per "
+                      "tick", "FAN-PPO / PPO <= 1.05", []),
 }
 # Slow, on demand only (`python bench/run_all.py scale_7b`, `make bench-7b`); their sections are kept otherwise.
 ON_DEMAND: dict[str, tuple[str, str, list[str]]] = {

@@ -23,6 +23,7 @@ COMMAND_MODULES = (
     "eval_protocols.cli",
     "fanvla.demo",
     "fanvla.sweep",
+    "fanvla.rl",
 )
 
 

@@ -97,12 +97,15 @@ def batch_metrics(loss: LossOutput, predicted: torch.Tensor, labels: torch.Tenso
 class MetricsWriter:
     """``OUT/metrics/{train,val}.csv`` and TensorBoard (``OUT/tensorboard``); rank 0 only.
 
-    On resume, rows after the resumed step (written by the interrupted run) are dropped first."""
+    On resume, rows after the resumed step (written by the interrupted run) are dropped first. ``files`` maps each
+    split to its CSV (default: train and val; RL runs add eval)."""
 
-    def __init__(self, out_dir: Path, tensorboard: bool, resume_step: int | None) -> None:
+    def __init__(self, out_dir: Path, tensorboard: bool, resume_step: int | None,
+                 files: dict[str, str] | None = None) -> None:
         self.directory = out_dir / METRICS_DIR
         self.directory.mkdir(parents=True, exist_ok=True)
-        for name in (TRAIN_CSV, VAL_CSV):
+        self.files = dict(files or {"train": TRAIN_CSV, "val": VAL_CSV})
+        for name in self.files.values():
             path = self.directory / name
             if resume_step is None:
                 path.unlink(missing_ok=True)
@@ -115,7 +118,7 @@ class MetricsWriter:
             self._tensorboard = SummaryWriter(log_dir=str(out_dir / "tensorboard"), purge_step=resume_step)
 
     def write(self, split: str, step: int, values: dict[str, float]) -> None:
-        path = self.directory / (TRAIN_CSV if split == "train" else VAL_CSV)
+        path = self.directory / self.files[split]
         row = {"step": step, **{key: _round(value) for key, value in values.items()}}
         existing = path.is_file() and path.stat().st_size > 0
         fields = list(row)

@@ -1,0 +1,1 @@
+"""Reinforced finetuning in the twin: PPO and FAN-PPO (docs/rl.md)."""
