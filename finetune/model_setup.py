@@ -87,8 +87,10 @@ def load_initial_model(config: TrainConfig, device: torch.device, precision: Pre
         raise FinetuneError(f"--init {path}: not a directory; give a model directory (openvla-7b layout, or one made "
                             f"by `fanvla policy init-tiny`)")
     try:
+        from policy.oft import build_openvla
+
         with torch.device("meta"):
-            skeleton = OpenVLA(load_config(path))
+            skeleton = build_openvla(load_config(path))
         reserve = training_reserve_bytes(config, skeleton) if for_training \
             else training_reserve_bytes(config.replace(batch_size=0), skeleton) // 4
         return OpenVLA.from_pretrained(path, dtype=precision, device=device, reserve_bytes=reserve)
