@@ -141,8 +141,10 @@ def make_trainable(model: OpenVLA, config: TrainConfig) -> nn.Module:
     targets = list(config.lora_targets) if config.lora_targets else model.lora_target_modules()
     if config.freeze_vision:
         targets = [name for name in targets if not name.startswith("vision_backbone.")]
+    # New modules (OpenVLA-OFT's proprio projector) have nothing to adapt: they are trained in full.
+    in_full = [name for name in getattr(model, "trained_in_full", list)() if name not in targets]
     lora = LoraConfig(r=config.lora_rank, lora_alpha=config.effective_lora_alpha, lora_dropout=config.lora_dropout,
-                      target_modules=targets, init_lora_weights="gaussian")
+                      target_modules=targets, init_lora_weights="gaussian", modules_to_save=in_full or None)
     try:
         return get_peft_model(model, lora, autocast_adapter_dtype=True)
     except ValueError as error:
