@@ -104,6 +104,9 @@ def add_execution_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--chunk-steps", type=int, default=None,
                         help="chunk execution: steps the scripted expert plans ahead (default 8: "
                              "eval_protocols.policies.DEFAULT_EXPERT_CHUNK_STEPS)")
+    parser.add_argument("--open-loop-steps", type=int, default=None, metavar="N",
+                        help="chunk execution: send N steps of each chunk before asking for the next (OpenVLA-OFT's "
+                             "open-loop setting: N = K); default: ask as soon as the policy is free")
 
 
 def execution_from_args(args: argparse.Namespace, backend: str):
@@ -114,13 +117,16 @@ def execution_from_args(args: argparse.Namespace, backend: str):
     latency = LatencySpec.parse(args.policy_latency_ms)
     if args.max_action_age_ms is not None and not args.max_action_age_ms > 0:
         raise ValueError(f"--max-action-age-ms must be > 0, got {args.max_action_age_ms:g}")
+    open_loop = getattr(args, "open_loop_steps", None)
+    if open_loop is not None and (args.execution != "chunk" or open_loop < 1):
+        raise ValueError(f"--open-loop-steps {open_loop}: needs --execution chunk and N >= 1")
     if args.execution is None and not latency.enabled and args.max_action_age_ms is None:
         return None
     from eval_protocols.launch import DEFAULT_EXECUTION
 
     mode = ExecutionMode(args.execution) if args.execution else DEFAULT_EXECUTION[backend]
     max_age_s = args.max_action_age_ms / 1000.0 if args.max_action_age_ms is not None else None
-    return ExecutionConfig(mode, latency, max_age_s)
+    return ExecutionConfig(mode, latency, max_age_s, open_loop_steps=open_loop)
 
 
 def parse_overrides(items: list[str]) -> dict[str, Any]:

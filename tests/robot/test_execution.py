@@ -40,11 +40,12 @@ def robot(hardware_config):
 
 
 def run(robot, agent, mode, latency_ms: float = 0.0, duration_s: float = 3.0, max_age_s: float | None = None,
-        blend_steps: int = 0):
+        blend_steps: int = 0, open_loop_steps: int | None = None):
     robot.twin.reset_scene(robot.scene)
     keeper = Keeper()
     safety = robot.config.safety
-    execution = ExecutionConfig(mode, LatencySpec(latency_ms), max_age_s, chunk_blend_steps=blend_steps)
+    execution = ExecutionConfig(mode, LatencySpec(latency_ms), max_age_s, chunk_blend_steps=blend_steps,
+                                open_loop_steps=open_loop_steps)
     loop = ControlLoop(robot, 1.0 / PERIOD_S, safety.watchdog_hold_s, safety.watchdog_stop_s, [keeper],
                        execution=execution)
     result = loop.run_episode(agent, "move along x", max_duration_s=duration_s)
@@ -117,6 +118,29 @@ def test_chunk_runs_steps_open_loop_and_switches_chunks_where_the_arm_is(robot):
     # Each request says which step of which chunk runs as its observation is taken.
     progress = [o.plan_progress for o in agent.asked]
     assert progress[0] is None and all(p is not None for p in progress[1:])
+
+
+@pytest.mark.parametrize("latency_ms", [0.0, LATENCY_S * 1000])
+def test_open_loop_chunks_ask_once_per_chunk_after_its_steps_were_sent(robot, latency_ms):
+    """OpenVLA-OFT's setting: the K steps of a chunk run open loop, the next chunk is asked for after them."""
+    agent = StepAgent(chunk=6)
+    result, keeper = run(robot, agent, ExecutionMode.CHUNK, latency_ms=latency_ms, duration_s=3.0,
+                         open_loop_steps=6)
+    assert result.status == EpisodeStatus.TIMEOUT
+    assert_never_replayed(keeper, PERIOD_S, robot.config.safety.watchdog_hold_s, TOLERANCE_S)
+    assert_each_command_steps_from_the_measured_tcp(keeper)
+    sent = sent_steps(keeper)
+    indices = [s.agent_info["exec_chunk_index"] for s in sent]
+    assert indices == [i % 6 for i in range(len(indices))]  # every chunk runs whole, from its first step
+    # Each request is the tick after the chunk before it has sent its last step (the first: the episode's start).
+    asked = [o.step for o in agent.asked]
+    last_steps = [s.observation.step for s in sent if s.agent_info["exec_chunk_index"] == 5]
+    assert asked[0] == 0 and asked[1:] == [step + 1 for step in last_steps][:len(asked) - 1]
+    if latency_ms == 0:  # lock-step: the answer comes at once, a command every tick, 30 ticks, 5 requests
+        assert len(keeper.steps) == 30 and all(s.sent is not None for s in keeper.steps) and len(asked) == 5
+    else:  # the arm holds while the next chunk is computed and runs it as it arrives: K periods + the latency each
+        times = [s.observation.time_s for s in sent if s.agent_info["exec_chunk_index"] == 0]
+        assert len(times) >= 3 and np.allclose(np.diff(times), 6 * PERIOD_S + LATENCY_S)
 
 
 class GrowingSteps:
@@ -229,3 +253,6 @@ def test_execution_config_refuses_bad_values():
         ExecutionConfig(ExecutionMode.ASYNC, max_action_age_s=0.0)
     assert ExecutionConfig("chunk", LatencySpec(150, 30)).describe(0.35) == {
         "mode": "chunk", "policy_latency_ms": "150+-30", "max_action_age_s": 0.35, "chunk_blend_steps": 0}
+    assert ExecutionConfig("chunk", open_loop_steps=8).describe(0.35)["open_loop_steps"] == 8
+    with pytest.raises(ValueError, match="open_loop_steps"):
+        ExecutionConfig("chunk", open_loop_steps=0)
