@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from eval_protocols.evaluation import Evaluation, TrialReport, sim_eval_overrides
-from eval_protocols.policies import DEFAULT_EXPERT_CHUNK_STEPS, open_policy
+from eval_protocols.policies import DEFAULT_EXPERT_CHUNK_STEPS, CheckpointUnderTest, open_policy
 from eval_protocols.results import RunIdentity, RunStore
 from eval_protocols.task_spec import TaskSpec
 from fanvla import __version__
@@ -28,7 +28,8 @@ CONSOLE_LINGER_S = 2.0  # the console stays up this long after the last score, s
 # The execution mode when --execution is not given. In the twin: sync, which in lock-step is the loop every earlier
 # run used. At the robot: the mode that did best at 7B latency in the real-time twin (docs/evaluation.md,
 # "Latency"): async keeps a command per answer (one per 200 ms at 200 ms) where sync adds a period of holding to
-# every answer; chunk needs a chunk-predicting policy (OpenVLA-OFT).
+# every answer; chunk needs a chunk-predicting policy (OpenVLA-OFT). A checkpoint that predicts K-action chunks runs
+# in chunk mode, each chunk open loop for its K steps (OpenVLA-OFT's setting), unless --execution says otherwise.
 DEFAULT_EXECUTION = {"sim": ExecutionMode.SYNC, "real": ExecutionMode.ASYNC}
 
 
@@ -77,6 +78,9 @@ def run_evaluation(config: HardwareConfig, options: RunOptions,
                              unnorm_key=options.unnorm_key, device=options.device, threads=options.threads,
                              dtype=options.dtype, execution=execution, chunk_steps=options.chunk_steps)
         stack.callback(policy.close)
+        if options.execution is None and isinstance(policy, CheckpointUnderTest):
+            execution = policy.default_execution() or execution  # a chunk-predicting checkpoint: its chunks open loop
+            policy.execution = execution
         identity = RunIdentity(policy.identity, options.backend, options.seed, options.trials,
                                execution.describe(config.safety.watchdog_hold_s))
         extra = {"software_version": __version__, "hardware": config_snapshot(config),

@@ -147,6 +147,8 @@ class EpisodeSummary:
         quantile = (lambda q: float(np.quantile(latencies, q))) if latencies.size else (lambda q: None)
         return {"commands_sent": self.sent, "held_steps": self.steps - self.sent - self.in_motion,
                 "ticks_between_commands": self.in_motion, "actions_received": self.received,
+                # answers (predictions) received: one per tick in sync mode, one per chunk in chunk mode
+                "answers_received": len(self.answer_latencies_s),
                 "stale_actions": self.stale, "superseded_answers": self.superseded, "policy_errors": self.errors,
                 "watchdog_hold_ticks": self.watchdog_holds, "watchdog_stops": self.watchdog_stops,
                 "latency_p50_s": quantile(0.5), "latency_p99_s": quantile(0.99),
