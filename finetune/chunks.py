@@ -127,7 +127,8 @@ def chunk_split(table: SampleTable, chunk: int, stats: ActionStats, action_token
                 features: np.ndarray | None = None, states: np.ndarray | None = None,
                 proprio_stats: ActionStats | None = None, wrist_frames: np.ndarray | None = None) -> ChunkSplit:
     targets = chunk_targets(table, chunk)
-    tokens = action_tokenizer.encode(normalize(targets.actions, stats)).reshape(len(table), -1)
+    n_tokens = targets.actions.shape[1] * targets.actions.shape[2]  # K x 7 (explicit: a split may be empty)
+    tokens = action_tokenizer.encode(normalize(targets.actions, stats)).reshape(len(table), n_tokens)
     proprio = None if states is None else normalize(states, proprio_stats).astype(np.float32)
     return ChunkSplit(frames, tokens, targets.actions, np.asarray(table.instruction), features, proprio, wrist_frames)
 
