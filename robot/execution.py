@@ -14,7 +14,9 @@ tick starts (``ControlLoop`` runs the ticks; robot/answers.py runs the agent, wi
   one step a period, while the next one is requested (the request says which step of the running chunk runs
   now: ``Observation.plan_progress``); a new chunk replaces the old one at the step the arm has reached along
   it, optionally cross-faded over a few steps; or, open loop (``open_loop_steps``, OpenVLA-OFT's setting with K),
-  the next chunk is asked for only once that many steps of the running one were sent.
+  the next chunk is asked for only once that many steps of the running one were sent; or, with temporal
+  ensembling (``ensemble_decay``, robot/ensemble_execution.py), each tick runs the weighted mean of the steps
+  every live chunk planned for it.
 
 In every mode an answer's commands become *relative steps* (``RelativeStep``): the motion from the state the
 agent saw to the command (the ``ee_delta``/``joint_delta`` action), applied from the arm's measured state at
@@ -65,6 +67,9 @@ class ExecutionConfig:
     # Chunk mode: steps of a chunk sent before the next chunk is asked for (OpenVLA-OFT's open-loop execution: K, one
     # request per K ticks); None: ask as soon as the agent is free (re-planning every period when it answers in time).
     open_loop_steps: int | None = None
+    # Chunk mode: temporal ensembling (robot/ensemble_execution.py): each tick's command is the weighted mean of the
+    # steps every live chunk planned for it, weights exp(-decay * j) from the oldest (ACT's); None: off.
+    ensemble_decay: float | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "mode", ExecutionMode(self.mode))
@@ -74,11 +79,21 @@ class ExecutionConfig:
             raise ValueError(f"chunk_blend_steps must be >= 0, got {self.chunk_blend_steps}")
         if self.open_loop_steps is not None and self.open_loop_steps < 1:
             raise ValueError(f"open_loop_steps must be >= 1, got {self.open_loop_steps}")
+        chunk_settings = self.ensemble_decay is not None or self.open_loop_steps is not None
+        if chunk_settings and self.mode is not ExecutionMode.CHUNK:
+            raise ValueError("open_loop_steps and ensemble_decay are settings of chunk execution (mode 'chunk')")
+        if self.ensemble_decay is not None:
+            if not (math.isfinite(self.ensemble_decay) and self.ensemble_decay >= 0):
+                raise ValueError(f"ensemble_decay must be >= 0, got {self.ensemble_decay}")
+            if self.open_loop_steps is not None or self.chunk_blend_steps:
+                raise ValueError("ensemble_decay averages every live chunk at each tick: it excludes open_loop_steps "
+                                 "and chunk_blend_steps")
 
     def describe(self, hold_after_s: float | None = None) -> dict[str, Any]:
         max_age = self.max_action_age_s if self.max_action_age_s is not None else hold_after_s
         chunk = {"chunk_blend_steps": self.chunk_blend_steps,
-                 **({"open_loop_steps": self.open_loop_steps} if self.open_loop_steps is not None else {})}
+                 **({"open_loop_steps": self.open_loop_steps} if self.open_loop_steps is not None else {}),
+                 **({"ensemble_decay": self.ensemble_decay} if self.ensemble_decay is not None else {})}
         return {"mode": self.mode.value, "policy_latency_ms": str(self.latency), "max_action_age_s": max_age,
                 **(chunk if self.mode is ExecutionMode.CHUNK else {})}
 
@@ -391,4 +406,8 @@ def start_execution(config: ExecutionConfig, agent: Agent, clock: Clock, period_
         return SyncExecution(*args)
     if config.mode is ExecutionMode.ASYNC:
         return AsyncExecution(*args)
+    if config.ensemble_decay is not None:
+        from robot.ensemble_execution import EnsembleExecution
+
+        return EnsembleExecution(*args, decay=config.ensemble_decay)
     return ChunkExecution(*args, blend_steps=config.chunk_blend_steps, open_loop_steps=config.open_loop_steps)

@@ -107,3 +107,23 @@ def test_the_runner_executes_each_chunk_open_loop_and_logs_its_source_and_index(
 def test_an_in_process_chunk_policy_describes_itself(oft_engine):
     spec = LocalPolicy(oft_engine).describe()
     assert spec.chunk_size == CHUNK and spec.needs_state and not spec.needs_wrist and spec.state_dim == 13
+
+
+def test_temporal_ensembling_logs_the_mean_of_every_chunk_planned_for_the_tick(oft_engine, robot, tmp_path):
+    store = EpisodeStore.open_or_create(tmp_path / "log.zarr", step_log_schema(robot.config, robot.camera.intrinsics))
+    execution = ExecutionConfig(ExecutionMode.CHUNK, ensemble_decay=0.0)
+    with running_server(oft_engine) as server, PolicyClient(server.url, timeout_s=30) as client:
+        policy = CountingPolicy(client)
+        result = ClosedLoopRunner(robot, policy, step_log=store, execution=execution).run_episode(
+            INSTRUCTION, max_duration_s=1.0)
+    store.close()
+    assert result.steps == 10 and policy.calls == 10  # lock-step: asked every tick
+    episode = EpisodeStore.open(tmp_path / "log.zarr").read_episode(0)
+    chunks = [oft_engine.predict([episode["color"][s]], [INSTRUCTION],
+                                 states=[np.concatenate([episode["joints_rad"][s], episode["tcp_pose"][s],
+                                                         [episode["gripper_state"][s]]])]).actions[0]
+              for s in range(10)]
+    for tick in range(10):  # the chunks of ticks tick-7 .. tick, each at its step for this tick, averaged alike
+        planned = [chunks[s][tick - s] for s in range(max(0, tick - CHUNK + 1), tick + 1)]
+        np.testing.assert_allclose(episode["action"][tick], np.mean(planned, axis=0), atol=1e-9)
+    assert episode["command_sent"].all()
