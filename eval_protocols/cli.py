@@ -158,9 +158,13 @@ def _run(args: argparse.Namespace) -> int:
                          calibration=Path(args.calibration) if args.calibration else None, token_file=args.token_file,
                          unnorm_key=args.unnorm_key, device=args.device, threads=args.threads, dtype=args.dtype,
                          overrides=parse_overrides(args.overrides), execution=execution_from_args(args, args.backend),
+                         mode_from_policy=args.execution is None,
                          **({"chunk_steps": args.chunk_steps} if args.chunk_steps is not None else {}))
-    execution = options.resolved_execution()
-    print(f"execution: {execution.mode.value}, injected policy latency {execution.latency} ms", flush=True)
+
+    def on_execution(execution) -> None:
+        open_loop = f", open loop {execution.open_loop_steps} steps" if execution.open_loop_steps else ""
+        print(f"execution: {execution.mode.value}{open_loop}, injected policy latency {execution.latency} ms",
+              flush=True)
 
     def on_trial(report) -> None:
         record = report.record
@@ -172,7 +176,8 @@ def _run(args: argparse.Namespace) -> int:
               f"{record['wall_s']:.1f} s)", flush=True)
 
     progress = run_evaluation(config, options, on_trial,
-                              on_console=lambda url: print(f"operator console: {url}", flush=True))
+                              on_console=lambda url: print(f"operator console: {url}", flush=True),
+                              on_execution=on_execution)
     for task, counts in progress.items():
         print(f"{task}: {counts['successes']}/{counts['scored']} successes ({counts['scored']} of {counts['trials']} "
               f"trials scored)")

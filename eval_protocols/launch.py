@@ -51,6 +51,9 @@ class RunOptions:
     dtype: str = "auto"  # weights of a checkpoint folder (policy.precision)
     overrides: dict[str, Any] = field(default_factory=dict)  # hardware.yaml dotted-key overrides
     execution: ExecutionConfig | None = None  # None: DEFAULT_EXECUTION[backend], no injected latency
+    # The mode was not chosen (no --execution): a checkpoint that predicts chunks then runs them open loop, with the
+    # latency and age bound of ``execution``. Always so when ``execution`` is None.
+    mode_from_policy: bool = False
     chunk_steps: int = DEFAULT_EXPERT_CHUNK_STEPS  # the scripted expert's plan in chunk execution
 
     def resolved_execution(self) -> ExecutionConfig:
@@ -65,8 +68,10 @@ def evaluation_config(config: HardwareConfig, backend: str, overrides: dict[str,
 
 def run_evaluation(config: HardwareConfig, options: RunOptions,
                    on_trial: Callable[[TrialReport], None] | None = None,
-                   on_console: Callable[[str], None] | None = None) -> dict[str, dict[str, int]]:
-    """Run every unscored trial; returns per-task progress {task: {trials, scored, successes}}."""
+                   on_console: Callable[[str], None] | None = None,
+                   on_execution: Callable[[ExecutionConfig], None] | None = None) -> dict[str, dict[str, int]]:
+    """Run every unscored trial; returns per-task progress {task: {trials, scored, successes}}. ``on_execution``
+    hears the execution the run uses, once the policy is known."""
     from robot.factory import open_robot
 
     if options.trials < 1:
@@ -78,9 +83,11 @@ def run_evaluation(config: HardwareConfig, options: RunOptions,
                              unnorm_key=options.unnorm_key, device=options.device, threads=options.threads,
                              dtype=options.dtype, execution=execution, chunk_steps=options.chunk_steps)
         stack.callback(policy.close)
-        if options.execution is None and isinstance(policy, CheckpointUnderTest):
-            execution = policy.default_execution() or execution  # a chunk-predicting checkpoint: its chunks open loop
+        if (options.execution is None or options.mode_from_policy) and isinstance(policy, CheckpointUnderTest):
+            execution = policy.default_execution(execution)  # a chunk-predicting checkpoint: its chunks open loop
             policy.execution = execution
+        if on_execution is not None:
+            on_execution(execution)
         identity = RunIdentity(policy.identity, options.backend, options.seed, options.trials,
                                execution.describe(config.safety.watchdog_hold_s))
         extra = {"software_version": __version__, "hardware": config_snapshot(config),

@@ -13,6 +13,7 @@ from eval_protocols.launch import RunOptions, run_evaluation
 from eval_protocols.results import RUN_FILE, RunDirError, RunStore
 from eval_protocols.task_spec import resolve_tasks
 from robot.execution import ExecutionConfig
+from robot.injected_latency import LatencySpec
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -108,7 +109,14 @@ def test_a_chunk_checkpoint_runs_its_chunks_open_loop_unless_told_otherwise(tmp_
     (record,) = RunStore.read(tmp_path / "run").records()
     summary = record["summary"]
     assert summary["answers_received"] == 3 and summary["actions_received"] == summary["commands_sent"] == 20
-    # --execution sync asks every tick and runs the first step of each chunk
+    # --execution sync asks every tick and runs the first step of each chunk; without --execution, an injected latency
+    # keeps the chunk checkpoint's own mode
+    progress = run_evaluation(hardware_config, RunOptions("sim", str(model_dir), tasks, 1, 0, tmp_path / "latency",
+                                                          threads=1, mode_from_policy=True,
+                                                          execution=ExecutionConfig("sync", LatencySpec(300))))
+    execution = json.loads((tmp_path / "latency" / RUN_FILE).read_text())["execution"]
+    assert execution["mode"] == "chunk" and execution["open_loop_steps"] == 8
+    assert execution["policy_latency_ms"] == "300"
     progress = run_evaluation(hardware_config, RunOptions("sim", str(model_dir), tasks, 1, 0, tmp_path / "sync",
                                                           threads=1, execution=ExecutionConfig("sync")))
     (record,) = RunStore.read(tmp_path / "sync").records()
