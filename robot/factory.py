@@ -116,18 +116,16 @@ def open_robot(config: HardwareConfig, backend: Backend, *, seed: int = 0, realt
 def _open_real(config: HardwareConfig, stack: ExitStack, with_camera: bool) -> Robot:
     from robot.realsense import RealSenseCamera
 
+    wrist = config.cameras.wrist if with_camera else None
+    if wrist is not None and (wrist.serial is None or config.camera.serial is None):  # before anything connects
+        raise RobotError("cameras.wrist is set: give both RealSense serials (camera.serial and cameras.wrist.serial "
+                         "in hardware.yaml; rs-enumerate-devices lists them), so that neither camera is taken for the "
+                         "other")
     clock = RealClock()
     arm = stack.enter_context(JakaArm(config, clock=clock))
     gripper = stack.enter_context(make_gripper(config, arm))
     camera = stack.enter_context(RealSenseCamera(config.camera, clock)) if with_camera else _NoCamera()
-    wrist = config.cameras.wrist
-    wrist_camera = None
-    if with_camera and wrist is not None:
-        if wrist.serial is None or config.camera.serial is None:
-            raise RobotError("cameras.wrist is set: give both RealSense serials (camera.serial and "
-                             "cameras.wrist.serial in hardware.yaml; rs-enumerate-devices lists them), so that "
-                             "neither camera is taken for the other")
-        wrist_camera = stack.enter_context(RealSenseCamera(wrist.as_camera_config(), clock))
+    wrist_camera = None if wrist is None else stack.enter_context(RealSenseCamera(wrist.as_camera_config(), clock))
     return Robot(config, "real", arm, gripper, camera, clock, _safety_for(config, arm), None, stack,
                  wrist_camera=wrist_camera)
 

@@ -78,6 +78,12 @@ def test_the_wrist_camera_is_optional_and_checked(hardware_config):
         hardware_config.with_overrides({"camera.serial": "7", "cameras.wrist": {"serial": "7"}})
     with pytest.raises(ConfigError, match="looks nowhere"):
         hardware_config.with_overrides({"cameras.wrist": {"mount_pos_mm": [0, 0, 9], "lookat_mm": [0, 0, 9]}})
+    # At the robot, two RealSense devices are told apart by serial only: refused before anything connects.
+    from robot.errors import RobotError
+    from robot.factory import open_robot
+
+    with pytest.raises(RobotError, match="give both RealSense serials"):
+        open_robot(hardware_config.with_overrides({"cameras.wrist": {"serial": "123"}}), "real")
 
 
 def test_cli_config_command_exit_codes(tmp_path, capsys):
