@@ -49,6 +49,9 @@ BENCHMARKS: dict[str, tuple[str, str, list[str]]] = {
                        "our envelope's overhead below json_numpy's", []),
     "server_load_bench": ("policy server: /health under 200 idle connections + 32 /act clients vs unloaded; 5xx; "
                           "memory", "/health p99 < 100 ms, no 5xx, memory back to baseline", []),
+    "oft_bench": ("OpenVLA-OFT vs autoregressive OpenVLA of the same size: actions/s at batch 1, evaluation time per "
+                  "trial; FAN-SFT / SFT step time of OFT", "OFT >= 6x the actions/s (demo preset, chunk 8); OFT "
+                  "FAN-SFT / SFT <= 1.05", []),
     "eval_trial_overhead": ("evaluation trial cost per step vs a bare control-loop episode",
                             "the trial runner adds little", []),
     "vector_env_bench": ("vectorised twin (robot/sim/vector_env.py): env steps/s for N = 1, 8, 32 scenes, in process "

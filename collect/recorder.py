@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from collect.schema import WRIST_COLOR_KEY
 from collect.store import EpisodeStore
 from robot.latency import TIMING_KEYS
 from robot.runtime import EpisodeResult, EpisodeStatus, Step
@@ -77,8 +78,9 @@ def _seconds(value: Any) -> float:
     return float(value) if isinstance(value, int | float) and math.isfinite(value) else math.nan
 
 
-def step_record(step: Step, record_depth: bool) -> dict[str, Any]:
-    """The store's per-step values (docs/episode_store.md) for one control-loop step."""
+def step_record(step: Step, record_depth: bool, record_wrist: bool = False) -> dict[str, Any]:
+    """The store's per-step values (docs/episode_store.md) for one control-loop step; ``record_wrist``: the wrist
+    camera's frame too (stores made with cameras.wrist)."""
     observation = step.observation
     frame, arm, gripper = observation.frame, observation.arm, observation.gripper
     measured_gripper = gripper.width if gripper.width is not None else gripper.command
@@ -107,6 +109,13 @@ def step_record(step: Step, record_depth: bool) -> dict[str, Any]:
             raise ValueError("recording.record_depth is on but the camera delivered no depth frame: enable "
                              "camera.depth in hardware.yaml (or turn recording.record_depth off)")
         record["depth_mm"] = frame.depth_mm
+    if record_wrist:
+        wrist = observation.wrist
+        if wrist is None:
+            raise ValueError("this store records the wrist camera (wrist_color) but the robot delivered no wrist "
+                             "frame: set cameras.wrist in hardware.yaml as when the store was made")
+        record.update({WRIST_COLOR_KEY: wrist.color, "wrist_color_timestamp_s": wrist.timestamp_s,
+                       "wrist_color_frame_number": wrist.frame_number})
     return record
 
 
@@ -121,6 +130,7 @@ class EpisodeRecorder:
         self.store = store
         self.judge = judge
         self.record_depth = "depth_mm" in store.schema.keys
+        self.record_wrist = WRIST_COLOR_KEY in store.schema.keys
         self._image_queue, self._image_threads = image_queue, image_threads
         self._meta: dict[str, Any] = {}
         self._writer = None
@@ -141,7 +151,7 @@ class EpisodeRecorder:
                                                 image_queue=self._image_queue, image_threads=self._image_threads)
 
     def on_step(self, step: Step) -> None:
-        self._writer.add_step(step_record(step, self.record_depth))
+        self._writer.add_step(step_record(step, self.record_depth, self.record_wrist))
 
     def on_episode_end(self, result: EpisodeResult) -> None:
         writer, self._writer = self._writer, None

@@ -68,6 +68,13 @@ RECORDING_KEYS: dict[str, KeySpec] = {
                                                         "held or not measured)"),
 }
 
+WRIST_COLOR_KEY = "wrist_color"  # the wrist camera's frames (hardware.yaml cameras.wrist), when it is configured
+# Per-step keys of the wrist camera, added by recording_schema when hardware.yaml sets cameras.wrist.
+WRIST_KEYS: dict[str, KeySpec] = {
+    "wrist_color_timestamp_s": _low_dim("float64", (), "s", "capture time of the wrist camera's frame (device clock)"),
+    "wrist_color_frame_number": _low_dim("int64", (), "count", "the wrist camera's frame counter"),
+}
+
 # hardware.yaml fields that do not change what is recorded (connection and start-up settings):
 # ignored when deciding whether a store may be resumed with the current configuration.
 IGNORED_HARDWARE_FIELDS = frozenset({
@@ -166,8 +173,9 @@ def recording_schema(config, intrinsics=None, *, record_depth: bool | None = Non
     """The schema the recorder writes, from a ``HardwareConfig`` and the camera's ``Intrinsics`` (or dict).
 
     Image size from ``camera.color``; depth (``depth_mm``, aligned to colour when ``camera.align_depth_to_color``)
-    when ``recording.record_depth`` and ``camera.depth.enabled``; rate, codec and no-op thresholds from
-    ``recording``; the whole file as a snapshot.
+    when ``recording.record_depth`` and ``camera.depth.enabled``; the wrist camera's frames (``wrist_color`` at
+    ``cameras.wrist.color``'s size, with their timestamps) when ``cameras.wrist`` is set; rate, codec and no-op
+    thresholds from ``recording``; the whole file as a snapshot.
     """
     from fanvla.config import config_snapshot
 
@@ -178,7 +186,13 @@ def recording_schema(config, intrinsics=None, *, record_depth: bool | None = Non
     if record_depth:
         depth = color if config.camera.align_depth_to_color else config.camera.depth
         keys["depth_mm"] = KeySpec("uint16", (depth.height, depth.width), "mm", "depth, 0 = no reading")
+    wrist = config.cameras.wrist
+    if wrist is not None:
+        keys[WRIST_COLOR_KEY] = KeySpec("uint8", (wrist.color.height, wrist.color.width, 3), "RGB",
+                                        "wrist camera's colour frame, RGB order")
     keys.update(RECORDING_KEYS)
+    if wrist is not None:
+        keys.update(WRIST_KEYS)
     if intrinsics is not None and not isinstance(intrinsics, Mapping):
         intrinsics = intrinsics.to_dict()
     recording = config.recording

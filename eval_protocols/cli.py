@@ -99,7 +99,8 @@ def add_session_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def add_execution_arguments(parser: argparse.ArgumentParser) -> None:
-    """--execution, --policy-latency-ms, --max-action-age-ms, --chunk-steps (robot/execution.py)."""
+    """--execution, --policy-latency-ms, --max-action-age-ms, --chunk-steps, --open-loop-steps, --ensemble-decay
+    (robot/execution.py, robot/ensemble_execution.py)."""
     parser.add_argument("--execution", choices=("sync", "async", "chunk"), default=None,
                         help="how slow answers reach the arm: sync (wait for each answer, the arm holds), async (ask "
                              "while the arm executes the last answer), chunk (run action chunks open loop); default "
@@ -113,6 +114,12 @@ def add_execution_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--chunk-steps", type=int, default=None,
                         help="chunk execution: steps the scripted expert plans ahead (default 8: "
                              "eval_protocols.policies.DEFAULT_EXPERT_CHUNK_STEPS)")
+    parser.add_argument("--open-loop-steps", type=int, default=None, metavar="N",
+                        help="chunk execution: send N steps of each chunk before asking for the next (OpenVLA-OFT's "
+                             "open-loop setting: N = K); default: ask as soon as the policy is free")
+    parser.add_argument("--ensemble-decay", type=float, default=None, metavar="M",
+                        help="chunk execution: temporal ensembling (ACT's): each tick runs the mean of the steps every "
+                             "live chunk planned for it, weighted exp(-M j) from the oldest (0: plain mean)")
 
 
 def execution_from_args(args: argparse.Namespace, backend: str):
@@ -123,13 +130,18 @@ def execution_from_args(args: argparse.Namespace, backend: str):
     latency = LatencySpec.parse(args.policy_latency_ms)
     if args.max_action_age_ms is not None and not args.max_action_age_ms > 0:
         raise ValueError(f"--max-action-age-ms must be > 0, got {args.max_action_age_ms:g}")
+    open_loop, decay = getattr(args, "open_loop_steps", None), getattr(args, "ensemble_decay", None)
+    if open_loop is not None and (args.execution != "chunk" or open_loop < 1):
+        raise ValueError(f"--open-loop-steps {open_loop}: needs --execution chunk and N >= 1")
+    if decay is not None and (args.execution != "chunk" or open_loop is not None or not decay >= 0):
+        raise ValueError(f"--ensemble-decay {decay:g}: needs --execution chunk, M >= 0 and no --open-loop-steps")
     if args.execution is None and not latency.enabled and args.max_action_age_ms is None:
         return None
     from eval_protocols.launch import DEFAULT_EXECUTION
 
     mode = ExecutionMode(args.execution) if args.execution else DEFAULT_EXECUTION[backend]
     max_age_s = args.max_action_age_ms / 1000.0 if args.max_action_age_ms is not None else None
-    return ExecutionConfig(mode, latency, max_age_s)
+    return ExecutionConfig(mode, latency, max_age_s, open_loop_steps=open_loop, ensemble_decay=decay)
 
 
 def parse_overrides(items: list[str]) -> dict[str, Any]:
@@ -156,9 +168,13 @@ def _run(args: argparse.Namespace) -> int:
                          unnorm_key=args.unnorm_key, device=args.device, threads=args.threads, dtype=args.dtype,
                          overrides=parse_overrides(args.overrides), execution=execution_from_args(args, args.backend),
                          batch=args.batch,
+                         mode_from_policy=args.execution is None,
                          **({"chunk_steps": args.chunk_steps} if args.chunk_steps is not None else {}))
-    execution = options.resolved_execution()
-    print(f"execution: {execution.mode.value}, injected policy latency {execution.latency} ms", flush=True)
+
+    def on_execution(execution) -> None:
+        open_loop = f", open loop {execution.open_loop_steps} steps" if execution.open_loop_steps else ""
+        print(f"execution: {execution.mode.value}{open_loop}, injected policy latency {execution.latency} ms",
+              flush=True)
 
     def on_trial(report) -> None:
         record = report.record
@@ -170,7 +186,8 @@ def _run(args: argparse.Namespace) -> int:
               f"{record['wall_s']:.1f} s)", flush=True)
 
     progress = run_evaluation(config, options, on_trial,
-                              on_console=lambda url: print(f"operator console: {url}", flush=True))
+                              on_console=lambda url: print(f"operator console: {url}", flush=True),
+                              on_execution=on_execution)
     for task, counts in progress.items():
         print(f"{task}: {counts['successes']}/{counts['scored']} successes ({counts['scored']} of {counts['trials']} "
               f"trials scored)")

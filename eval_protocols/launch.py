@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from eval_protocols.evaluation import Evaluation, TrialReport, sim_eval_overrides
-from eval_protocols.policies import DEFAULT_EXPERT_CHUNK_STEPS, open_policy
+from eval_protocols.policies import DEFAULT_EXPERT_CHUNK_STEPS, CheckpointUnderTest, open_policy
 from eval_protocols.results import RunIdentity, RunStore
 from eval_protocols.task_spec import TaskSpec
 from fanvla import __version__
@@ -28,7 +28,8 @@ CONSOLE_LINGER_S = 2.0  # the console stays up this long after the last score, s
 # The execution mode when --execution is not given. In the twin: sync, which in lock-step is the loop every earlier
 # run used. At the robot: the mode that did best at 7B latency in the real-time twin (docs/evaluation.md,
 # "Latency"): async keeps a command per answer (one per 200 ms at 200 ms) where sync adds a period of holding to
-# every answer; chunk needs a chunk-predicting policy (OpenVLA-OFT).
+# every answer; chunk needs a chunk-predicting policy (OpenVLA-OFT). A checkpoint that predicts K-action chunks runs
+# in chunk mode, each chunk open loop for its K steps (OpenVLA-OFT's setting), unless --execution says otherwise.
 DEFAULT_EXECUTION = {"sim": ExecutionMode.SYNC, "real": ExecutionMode.ASYNC}
 MAX_BATCH = 64  # lanes of a batched twin evaluation (each is a twin: ~60 MB)
 
@@ -51,6 +52,9 @@ class RunOptions:
     dtype: str = "auto"  # weights of a checkpoint folder (policy.precision)
     overrides: dict[str, Any] = field(default_factory=dict)  # hardware.yaml dotted-key overrides
     execution: ExecutionConfig | None = None  # None: DEFAULT_EXECUTION[backend], no injected latency
+    # The mode was not chosen (no --execution): a checkpoint that predicts chunks then runs them open loop, with the
+    # latency and age bound of ``execution``. Always so when ``execution`` is None.
+    mode_from_policy: bool = False
     chunk_steps: int = DEFAULT_EXPERT_CHUNK_STEPS  # the scripted expert's plan in chunk execution
     batch: int = 1  # trials in lock-step with one batched forward per tick (eval_protocols/batched.py); twin only
 
@@ -66,8 +70,10 @@ def evaluation_config(config: HardwareConfig, backend: str, overrides: dict[str,
 
 def run_evaluation(config: HardwareConfig, options: RunOptions,
                    on_trial: Callable[[TrialReport], None] | None = None,
-                   on_console: Callable[[str], None] | None = None) -> dict[str, dict[str, int]]:
-    """Run every unscored trial; returns per-task progress {task: {trials, scored, successes}}."""
+                   on_console: Callable[[str], None] | None = None,
+                   on_execution: Callable[[ExecutionConfig], None] | None = None) -> dict[str, dict[str, int]]:
+    """Run every unscored trial; returns per-task progress {task: {trials, scored, successes}}. ``on_execution``
+    hears the execution the run uses, once the policy is known."""
     from robot.factory import open_robot
 
     if options.trials < 1:
@@ -80,6 +86,11 @@ def run_evaluation(config: HardwareConfig, options: RunOptions,
                              unnorm_key=options.unnorm_key, device=options.device, threads=options.threads,
                              dtype=options.dtype, execution=execution, chunk_steps=options.chunk_steps)
         stack.callback(policy.close)
+        if (options.execution is None or options.mode_from_policy) and isinstance(policy, CheckpointUnderTest):
+            execution = policy.default_execution(execution)  # a chunk-predicting checkpoint: its chunks open loop
+            policy.execution = execution
+        if on_execution is not None:
+            on_execution(execution)
         identity = RunIdentity(policy.identity, options.backend, options.seed, options.trials,
                                execution.describe(config.safety.watchdog_hold_s))
         extra = {"software_version": __version__, "hardware": config_snapshot(config),

@@ -119,6 +119,15 @@ class CheckpointUnderTest(PolicyUnderTest):
     def close(self) -> None:
         self.policy.close()
 
+    def default_execution(self, base: ExecutionConfig) -> ExecutionConfig:
+        """``base`` (the run's latency and age bound), in OpenVLA-OFT's execution for a checkpoint that predicts
+        K-action chunks: chunk mode, each chunk run open loop for its K steps before the next is asked for (the
+        paper's setting); ``base`` as it is for single actions."""
+        chunk_size = self.policy.describe().chunk_size or 1
+        if chunk_size < 2:
+            return base
+        return replace(base, mode=ExecutionMode.CHUNK, open_loop_steps=chunk_size)
+
 
 def _expert_agent(robot, seed: int) -> Agent:
     from collect.expert import ScriptedExpert

@@ -187,6 +187,43 @@ class CameraConfig(_Model):
     retries: Annotated[int, Field(ge=0, le=20)]
 
 
+class WristCameraConfig(_Model):
+    """A second RealSense on the tool flange (OpenVLA-OFT's wrist image), recorded as ``wrist_color``: colour only.
+
+    At the robot it is opened by ``serial`` (required: with two RealSense devices connected, "the only one" is
+    ambiguous). The twin renders it from a camera fixed to the flange at ``mount_pos_mm`` looking at
+    ``lookat_mm`` (both in the flange frame: z along the tool axis, as robot/kinematics.py), ``hfov_deg`` wide."""
+
+    serial: str | None = None
+    color: StreamProfile = StreamProfile(width=424, height=240, fps=15)
+    warmup_frames: Annotated[int, Field(ge=0, le=300)] = 10
+    frame_timeout_s: Annotated[float, Field(gt=0, le=30)] = 2.0
+    retries: Annotated[int, Field(ge=0, le=20)] = 3
+    mount_pos_mm: tuple[float, float, float] = (70.0, 0.0, 20.0)
+    lookat_mm: tuple[float, float, float] = (0.0, 0.0, 200.0)
+    hfov_deg: Annotated[float, Field(gt=20, lt=170)] = 87.0
+
+    @model_validator(mode="after")
+    def _looks_somewhere(self) -> WristCameraConfig:
+        if self.mount_pos_mm == self.lookat_mm:
+            raise ValueError("mount_pos_mm and lookat_mm are the same point: the camera looks nowhere")
+        return self
+
+    def as_camera_config(self) -> CameraConfig:
+        """The ``CameraConfig`` the RealSense driver opens it with: this colour stream, no depth."""
+        return CameraConfig(serial=self.serial, color=self.color,
+                            depth=DepthProfile(enabled=False, width=self.color.width, height=self.color.height,
+                                               fps=self.color.fps),
+                            align_depth_to_color=False, warmup_frames=self.warmup_frames,
+                            frame_timeout_s=self.frame_timeout_s, retries=self.retries)
+
+
+class CamerasConfig(_Model):
+    """Cameras besides the third-person one (``camera``): ``wrist`` None = none."""
+
+    wrist: WristCameraConfig | None = None
+
+
 class RecordingConfig(_Model):
     rate_hz: Annotated[float, Field(gt=0, le=60)]
     image_codec: Literal["png", "jpeg"]
@@ -288,12 +325,21 @@ class HardwareConfig(_Model):
     safety: SafetyConfig
     gripper: GripperConfig
     camera: CameraConfig
+    cameras: CamerasConfig = CamerasConfig()
     recording: RecordingConfig
     teleop: TeleopConfig
     scene: SceneConfig
     sim: SimConfig
 
     source_path: str | None = Field(default=None, exclude=True)
+
+    @model_validator(mode="after")
+    def _distinct_cameras(self) -> HardwareConfig:
+        wrist = self.cameras.wrist
+        if wrist is not None and wrist.serial is not None and wrist.serial == self.camera.serial:
+            raise ValueError(f"cameras.wrist.serial and camera.serial are both {wrist.serial!r}: the wrist camera is "
+                             f"a second RealSense with its own serial")
+        return self
 
     def with_overrides(self, overrides: dict[str, Any]) -> HardwareConfig:
         """A copy with dotted-key overrides applied, validated like the file (e.g. {"camera.color.fps": 15})."""

@@ -12,6 +12,12 @@ pretraining and finetuning data order; the same recordings and the same trial si
 per-seed, pooled and seed-stratified comparison (``eval report --seeds-per-method N``). Seed 0's folders keep the
 one-seed names (``train-sft``), later seeds add ``-seed<k>``.
 
+``--model oft`` does the same with the paper's second model, OpenVLA-OFT (policy/oft.py): both methods finetune
+the same initialisation into a chunk policy (``--chunk`` K actions decoded in parallel, the robot state as proprio,
+``--wrist`` the wrist camera too), and the evaluation runs each chunk open loop for K ticks. ``--data`` and
+``--init`` start from existing recordings and an existing (e.g. vision-pretrained) initialisation, so that both
+models can be trained on the same recordings.
+
 Every stage is the real CLI in a child process, so the demo exercises exactly what users run. Re-running
 the same command resumes: the recorder tops the store up, training continues from its checkpoints and
 the evaluation skips scored trials.
@@ -34,7 +40,11 @@ from fanvla.config import config_snapshot, load_hardware_config
 from fanvla.procs import Child, fanvla_argv, run_all
 
 METHODS = ("sft", "fan-sft")
-METHOD_NAMES = {"sft": "OpenVLA-tiny + SFT", "fan-sft": "OpenVLA-tiny + FAN-SFT"}
+MODEL_NAMES = {"openvla": "OpenVLA-tiny", "oft": "OpenVLA-OFT-tiny"}
+METHOD_SUFFIXES = {"sft": "SFT", "fan-sft": "FAN-SFT"}
+# The twin's wrist camera for `--model oft --wrist`: the default flange camera (fanvla/config.py) at the demo's
+# colour mode.
+DEMO_WRIST_CAMERA = {"cameras.wrist": {"color": {"width": 424, "height": 240, "fps": 15}}}
 SERVER_READY = r"fanvla serve: ready (http://\S+)"
 
 # The twin's camera for the demo: a genuine D455 colour mode small enough for 2 CPU cores (the policy
@@ -65,6 +75,26 @@ class DemoPreset:
     eval_batch: int = 8
 
 
+@dataclass(frozen=True)
+class ModelChoice:
+    """Which model both methods finetune: OpenVLA (single actions) or OpenVLA-OFT (``fanvla finetune --model oft``:
+    K-action chunks, the robot state as proprio, the paper's setting; the wrist camera on request)."""
+
+    model: str = "openvla"
+    chunk: int = 8
+    proprio: bool = True
+    wrist: bool = False
+
+    def finetune_args(self) -> list[str]:
+        if self.model != "oft":
+            return []
+        return ["--model", "oft", "--chunk", str(self.chunk), *(["--proprio"] if self.proprio else []),
+                *(["--wrist"] if self.wrist else [])]
+
+    def method_name(self, method: str) -> str:
+        return f"{MODEL_NAMES[self.model]} + {METHOD_SUFFIXES[method]}"
+
+
 PRESETS = {
     # 1,700 steps: on 150 demonstrations the validation loss flattens out by 1,500 to 2,000 steps (and rose
     # after 3,000 with the earlier expert), and 2,000 steps took the whole demo to 45.6 min on 2 cores, over its
@@ -93,6 +123,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                       help="trials in lock-step per batched forward (default: the preset's, 8; 1 = one at a time)")
     demo.add_argument("--jobs", type=int, default=2, choices=(1, 2),
                       help="run the two methods' training and evaluation side by side (2, one core each) or in turn")
+    demo.add_argument("--model", choices=tuple(MODEL_NAMES), default="openvla",
+                      help="openvla: single actions; oft: OpenVLA-OFT action chunks decoded in parallel, with proprio "
+                           "(docs/finetune.md)")
+    demo.add_argument("--chunk", type=int, default=8, help="--model oft: actions per chunk, K (default 8)")
+    demo.add_argument("--wrist", action="store_true",
+                      help="--model oft: record and read the twin's wrist camera too (hardware.yaml cameras.wrist)")
+    demo.add_argument("--data", nargs="+", default=None, metavar="STORE",
+                      help="train on these recordings (e.g. an earlier demo's demos-*.zarr) instead of recording")
+    demo.add_argument("--init", default=None, metavar="MODEL_DIR",
+                      help="finetune from this model (e.g. an earlier demo's init-vision) instead of making one")
     demo.set_defaults(func=_main)
 
 
@@ -103,18 +143,31 @@ def _main(args: argparse.Namespace) -> int:
     if any(v <= 0 for v in overrides.values()) or args.seeds < 1:
         raise UserError(f"--episodes, --steps, --trials, --eval-batch and --seeds must be positive, got "
                         f"{ {**overrides, 'seeds': args.seeds} }")
+    if args.model != "oft" and (args.wrist or args.chunk != 8):
+        raise UserError("--chunk and --wrist are settings of --model oft")
+    if args.chunk < 1:
+        raise UserError(f"--chunk must be >= 1, got {args.chunk}")
+    if args.init and args.seeds > 1:
+        raise UserError("--init gives every training seed the same initialisation; --seeds N makes one per seed: "
+                        "use one of them")
+    for path in [*(args.data or []), *([args.init] if args.init else [])]:
+        if not Path(path).exists():
+            raise UserError(f"{path} does not exist")
     demo = Demo(Path(args.out), replace(preset, **overrides), args.seed, args.alpha, args.config, args.jobs,
-                args.seeds)
+                args.seeds, choice=ModelChoice(args.model, args.chunk, wrist=args.wrist),
+                data=[Path(p) for p in args.data] if args.data else None, init=Path(args.init) if args.init else None)
     demo.run()
     return 0
 
 
 class Demo:
     def __init__(self, out: Path, preset: DemoPreset, seed: int, alpha: float | None, config_path: str | None,
-                 jobs: int, seeds: int = 1) -> None:
+                 jobs: int, seeds: int = 1, *, choice: ModelChoice = ModelChoice(),
+                 data: list[Path] | None = None, init: Path | None = None) -> None:
         self.out, self.preset, self.seed, self.alpha, self.jobs = out, preset, seed, alpha, jobs
         self.training_seeds = [seed + k for k in range(seeds)]
         self.config_path = config_path
+        self.choice, self.data, self.init = choice, data, init
         self.timings: dict[str, float] = {}
 
     # -- paths -------------------------------------------------------------------------------------
@@ -124,7 +177,9 @@ class Demo:
 
     @property
     def stores(self) -> list[Path]:
-        """One store per recording process (the finetuner reads several stores as one dataset)."""
+        """One store per recording process (the finetuner reads several stores as one dataset), or ``--data``."""
+        if self.data is not None:
+            return list(self.data)
         return [self.out / f"demos-{i + 1}.zarr" for i in range(self.jobs)]
 
     def store_episodes(self) -> list[int]:
@@ -146,7 +201,10 @@ class Demo:
         return self.out / f"init{self._suffix(training_seed)}"
 
     def finetune_init_for(self, training_seed: int | None = None) -> Path:
-        """The model both methods start from: the tiny initialisation, with pretrained vision towers if enabled."""
+        """The model both methods start from: ``--init``, else the tiny initialisation, with pretrained vision
+        towers if enabled."""
+        if self.init is not None:
+            return self.init
         if self.preset.vision_pretrain_steps > 0:
             return self.out / f"init-vision{self._suffix(training_seed)}"
         return self.init_dir(training_seed)
@@ -177,7 +235,7 @@ class Demo:
     def write_config(self) -> None:
         """The run's own hardware.yaml: the starting config with the demo camera, kept with the results."""
         self.out.mkdir(parents=True, exist_ok=True)
-        config = load_hardware_config(self.config_path).with_overrides(DEMO_CAMERA)
+        config = load_hardware_config(self.config_path).with_overrides(self.camera_overrides)
         text = yaml.safe_dump(config_snapshot(config), sort_keys=False)
         header = "# Written by `fanvla demo`: the repository's hardware.yaml with the demo camera profile.\n"
         if self.hardware.exists() and self.hardware.read_text() != header + text:
@@ -186,7 +244,15 @@ class Demo:
         (self.out / "demo.json").write_text(json.dumps(self._settings(), indent=2))
         print(f"configuration: {self.hardware}; settings: {json.dumps(self._settings())}")
 
+    @property
+    def camera_overrides(self) -> dict:
+        return {**DEMO_CAMERA, **(DEMO_WRIST_CAMERA if self.choice.wrist else {})}
+
     def record(self) -> None:
+        if self.data is not None:
+            print("training on the given recordings (--data): nothing to record")
+            self._check_stores()
+            return
         # Side by side into separate stores (one writer per store): the twin renders on one core each.
         children = [Child(f"record-{i + 1}", fanvla_argv(
             "collect", "record", "--backend", "sim", "--teleop", "scripted", "--episodes", str(count),
@@ -198,7 +264,10 @@ class Demo:
 
     def init_model(self) -> None:
         """Per training seed: the tiny initialisation, then (if the preset says so) its vision-pretrained copy both
-        methods start from."""
+        methods start from; nothing with ``--init``."""
+        if self.init is not None:
+            print(f"finetuning from the given model (--init): {self.init}")
+            return
         for training_seed in self.training_seeds:
             init = self.create_init(training_seed)
             if self.finetune_init_for(training_seed) != init:
@@ -269,8 +338,8 @@ class Demo:
                 "--method", method, "--full", "--steps", str(preset.steps), "--batch-size", str(preset.batch_size),
                 "--lr", f"{preset.lr:g}", "--lr-schedule", preset.lr_schedule, "--warmup-steps",
                 str(preset.warmup_steps), "--seed", str(self.seed if seed is None else seed), "--threads", "1",
-                "--val-every",
-                str(preset.val_every), "--frame-cache", str(self.out / "frame-cache"), "--no-progress", *extra]
+                "--val-every", str(preset.val_every), "--frame-cache", str(self.out / "frame-cache"), "--no-progress",
+                *self.choice.finetune_args(), *extra]
         if not preset.augment:
             argv.append("--no-augment")
         if alpha is not None:
@@ -315,7 +384,7 @@ class Demo:
                 server.stop()
 
     def report(self) -> None:
-        names = ",".join(METHOD_NAMES[m] for m in METHODS)
+        names = ",".join(self.choice.method_name(m) for m in METHODS)
         runs = [str(self.eval_dir(m, s)) for m in METHODS for s in self.training_seeds]  # method by method
         seeds = ["--seeds-per-method", str(len(self.training_seeds))] if len(self.training_seeds) > 1 else []
         Child("report", fanvla_argv("eval", "report", *runs, "--names", names, *seeds,
@@ -327,7 +396,8 @@ class Demo:
     def _check_stores(self) -> None:
         from collect.store import EpisodeStore
 
-        for path, expected in zip(self.stores, self.store_episodes(), strict=True):
+        expected_counts = [1] * len(self.stores) if self.data is not None else self.store_episodes()
+        for path, expected in zip(self.stores, expected_counts, strict=True):
             with EpisodeStore.open(path, mode="r") as store:
                 episodes, frames = store.num_episodes, store.num_frames
             if episodes < expected:
@@ -336,8 +406,10 @@ class Demo:
 
     def _settings(self) -> dict:
         return {"preset": asdict(self.preset), "seed": self.seed, "training_seeds": self.training_seeds,
-                "alpha": self.alpha, "jobs": self.jobs,
-                "software_version": __version__, "camera_overrides": DEMO_CAMERA}
+                "alpha": self.alpha, "jobs": self.jobs, "software_version": __version__,
+                "camera_overrides": self.camera_overrides, "model": asdict(self.choice),
+                "data": [str(p) for p in self.data] if self.data else None,
+                "init": str(self.init) if self.init else None}
 
     def _write_summary(self) -> None:
         summary = {**self._settings(), "timings_s": self.timings,

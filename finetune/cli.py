@@ -10,7 +10,7 @@ import argparse
 import json
 import os
 
-from finetune.config import DEFAULT_LORA_RANK, DTYPES, LR_SCHEDULES, PRECISIONS, TrainConfig
+from finetune.config import DEFAULT_LORA_RANK, DTYPES, LR_SCHEDULES, MODELS, PRECISIONS, TrainConfig
 
 DEFAULTS = TrainConfig(data=(), init="", out="")
 
@@ -77,6 +77,15 @@ def _add_training_options(parser: argparse.ArgumentParser) -> None:
                     help="use only the first N episodes of the stores, in order (demonstration-count studies)")
     io.add_argument("--no-augment", dest="augment", action="store_false",
                     help="no random crop / colour jitter (the checkpoint then needs no centre crop)")
+
+    model = parser.add_argument_group("model")
+    model.add_argument("--model", default=d.model, choices=MODELS,
+                       help="openvla: one action per frame, decoded token by token; oft: OpenVLA-OFT, a chunk of "
+                            "--chunk actions decoded in parallel (docs/finetune.md)")
+    model.add_argument("--chunk", type=int, default=d.chunk, help="OFT: actions per chunk, K (default 8)")
+    model.add_argument("--proprio", action="store_true", help="OFT: read the 13-D robot state as one token")
+    model.add_argument("--wrist", action="store_true",
+                       help="OFT: read the wrist camera's frame (stores recorded with cameras.wrist) as a second image")
 
     loss = parser.add_argument_group("loss")
     # Choices and default weights are checked/filled from finetune.losses when training starts (it imports torch).
@@ -155,7 +164,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         decode_threads=args.decode_threads,
         threads=args.threads, device=args.device, precision=args.precision, dtype=args.dtype,
         gradient_checkpointing=args.gradient_checkpointing, export=args.export, frame_cache=args.frame_cache,
-        resume=args.resume, tensorboard=args.tensorboard, progress=args.progress)
+        resume=args.resume, tensorboard=args.tensorboard, progress=args.progress, model=args.model, chunk=args.chunk,
+        proprio=args.proprio, wrist=args.wrist)
 
 
 def _train(args: argparse.Namespace) -> int:

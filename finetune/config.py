@@ -18,6 +18,8 @@ from policy.precision import DTYPE_CHOICES
 DEFAULT_LORA_RANK = 32
 UPSTREAM_LORA_ALPHA_CAP = 16  # upstream: lora_alpha = min(rank, 16)
 LR_SCHEDULES = ("constant", "cosine")
+MODELS = ("openvla", "oft")  # single actions, or OpenVLA-OFT's action chunks (policy/oft.py)
+DEFAULT_CHUNK = 8  # OpenVLA-OFT's K (the paper's setting)
 
 
 def scheduled_lr(peak_lr: float, step: int, steps: int, warmup_steps: int, schedule: str = "cosine") -> float:
@@ -99,6 +101,12 @@ class TrainConfig:
     tensorboard: bool = True
     progress: bool = True
     merge_lora: bool = True
+    # OpenVLA-OFT (--model oft): K actions per sample decoded in parallel, the robot state as a proprio token, the
+    # wrist camera's frame as a second image (finetune/chunks.py, policy/oft.py).
+    model: str = "openvla"
+    chunk: int = DEFAULT_CHUNK
+    proprio: bool = False
+    wrist: bool = False
 
     def __post_init__(self) -> None:
         data = (self.data,) if isinstance(self.data, str | Path) else self.data
@@ -161,6 +169,10 @@ class TrainConfig:
             "" if self.unnorm_key is None or self.unnorm_key.strip() else "--unnorm-key must not be empty",
             "" if self.max_episodes is None or self.max_episodes >= 1 else
             f"--max-episodes must be >= 1, got {self.max_episodes}",
+            "" if self.model in MODELS else f"--model {self.model!r} is unknown; choose one of {', '.join(MODELS)}",
+            "" if 1 <= self.chunk <= 64 else f"--chunk must be in 1..64, got {self.chunk}",
+            "" if self.model == "oft" or not (self.proprio or self.wrist) else
+            "--proprio and --wrist are inputs of OpenVLA-OFT: add --model oft",
         ]
 
     # ------------------------------------------------------------------------------------------- derived

@@ -18,6 +18,7 @@ import torch
 from finetune import checkpointing
 from finetune.config import FinetuneError, TrainConfig
 from finetune.data import default_unnorm_key, load_training_data
+from finetune.model_kind import model_kind
 from finetune.model_setup import (
     check_model_fits,
     export_final,
@@ -85,7 +86,8 @@ def export_run(run_dir: str | Path, step: int | None = None, out: str | None = N
                             f"changed); the statistics of the export would be wrong")
     torch_device = resolve_device(config.device)
     held, save_dtype = training_precision(config, torch_device)
-    model = load_initial_model(config, torch_device, held, for_training=False)
+    kind = model_kind(config)
+    model = kind.prepare_model(load_initial_model(config, torch_device, held, for_training=False), data)
     from policy.deployment import weights_fingerprint
 
     init_fingerprint = weights_fingerprint(Path(config.init))[0]
@@ -97,7 +99,7 @@ def export_run(run_dir: str | Path, step: int | None = None, out: str | None = N
     checkpointing.load_trainable(saved, module)
     record_path = run_dir / EXPORT_RECORD_FILE
     record = json.loads(record_path.read_text()) if record_path.is_file() else {"steps": config.steps}
-    record.update(init_fingerprint=init_fingerprint, exported_from_step=saved.step)
+    record.update(init_fingerprint=init_fingerprint, exported_from_step=saved.step, **kind.export_fields())
     with torch.no_grad():
         final, merged = export_final(module, config, data, config.unnorm_key or default_unnorm_key(config.data),
                                      target, record, save_dtype)

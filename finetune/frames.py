@@ -56,8 +56,9 @@ def resize_frame(frame: np.ndarray, size: int, center_crop: bool = False, exact:
                                                     reducing_gap=gap))
 
 
-def cache_key(data_sha256: str, table: SampleTable, size: int, center_crop: bool) -> str:
-    digest = hashlib.sha256(f"v{CACHE_FORMAT_VERSION}|{data_sha256}|{size}|{center_crop}|".encode())
+def cache_key(data_sha256: str, table: SampleTable, size: int, center_crop: bool, image_key: str = IMAGE_KEY) -> str:
+    other_key = "" if image_key == IMAGE_KEY else f"{image_key}|"  # the colour camera's names stay as they were
+    digest = hashlib.sha256(f"v{CACHE_FORMAT_VERSION}|{data_sha256}|{size}|{center_crop}|{other_key}".encode())
     digest.update(np.ascontiguousarray(table.store, dtype=np.int64).tobytes())
     digest.update(np.ascontiguousarray(table.frame, dtype=np.int64).tobytes())
     return digest.hexdigest()[:24]
@@ -71,24 +72,24 @@ def _decode_into(target: np.ndarray, rows: range, readers: list[Callable[[int], 
 
 
 def build_frame_file(path: Path, store_paths: list[Path], table: SampleTable, size: int, center_crop: bool,
-                     threads: int, exact: bool) -> None:
+                     threads: int, exact: bool, image_key: str = IMAGE_KEY) -> None:
     """Decode and resize every frame of ``table`` into ``path`` (.npy), written to a temporary name and renamed."""
 
     path.parent.mkdir(parents=True, exist_ok=True)
     temp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
     with store_errors():  # a frame that is missing or fails its checksum stops the run, naming the chunk
-        _decode_frames(temp, path, store_paths, table, size, center_crop, threads, exact)
+        _decode_frames(temp, path, store_paths, table, size, center_crop, threads, exact, image_key)
 
 
 def _decode_frames(temp: Path, path: Path, store_paths: list[Path], table: SampleTable, size: int,
-                   center_crop: bool, threads: int, exact: bool) -> None:
+                   center_crop: bool, threads: int, exact: bool, image_key: str) -> None:
     from collect.store import EpisodeStore
 
     stores = [EpisodeStore.open(p, mode="r") for p in store_paths]
     started = time.perf_counter()
     try:
         target = np.lib.format.open_memmap(temp, mode="w+", dtype=np.uint8, shape=(len(table), size, size, 3))
-        readers = [store.array(IMAGE_KEY).__getitem__ for store in stores]
+        readers = [store.array(image_key).__getitem__ for store in stores]
         chunks = [range(i, min(i + _CHUNK, len(table))) for i in range(0, len(table), _CHUNK)]
         with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
             for future in [pool.submit(_decode_into, target, chunk, readers, table, size, center_crop, exact)
@@ -107,20 +108,21 @@ def _decode_frames(temp: Path, path: Path, store_paths: list[Path], table: Sampl
 
 
 def frame_file(cache_dir: Path, data_sha256: str, table: SampleTable, size: int, center_crop: bool,
-               split: str) -> Path:
+               split: str, image_key: str = IMAGE_KEY) -> Path:
     crop = "-crop" if center_crop else ""
-    return cache_dir / f"{split}-{size}px{crop}-{cache_key(data_sha256, table, size, center_crop)}.npy"
+    view = "" if image_key == IMAGE_KEY else f"{image_key}-"
+    return cache_dir / f"{view}{split}-{size}px{crop}-{cache_key(data_sha256, table, size, center_crop, image_key)}.npy"
 
 
 def ensure_frame_file(cache_dir: Path, data_sha256: str, store_paths: list[Path], table: SampleTable, size: int,
-                      center_crop: bool, split: str, threads: int) -> Path:
+                      center_crop: bool, split: str, threads: int, image_key: str = IMAGE_KEY) -> Path:
     """The cache file for ``table`` (built if absent; an existing one with the same hash is reused). The "val"
     split is resized exactly as inference does, the others with the fast resize."""
-    path = frame_file(cache_dir, data_sha256, table, size, center_crop, split)
+    path = frame_file(cache_dir, data_sha256, table, size, center_crop, split, image_key)
     if path.is_file():
         log.info("reusing decoded %s frames %s", split, path)
     elif len(table):
-        build_frame_file(path, store_paths, table, size, center_crop, threads, exact=split == "val")
+        build_frame_file(path, store_paths, table, size, center_crop, threads, split == "val", image_key)
     return path
 
 

@@ -87,8 +87,10 @@ def load_initial_model(config: TrainConfig, device: torch.device, precision: Pre
         raise FinetuneError(f"--init {path}: not a directory; give a model directory (openvla-7b layout, or one made "
                             f"by `fanvla policy init-tiny`)")
     try:
+        from policy.oft import build_openvla
+
         with torch.device("meta"):
-            skeleton = OpenVLA(load_config(path))
+            skeleton = build_openvla(load_config(path))
         reserve = training_reserve_bytes(config, skeleton) if for_training \
             else training_reserve_bytes(config.replace(batch_size=0), skeleton) // 4
         return OpenVLA.from_pretrained(path, dtype=precision, device=device, reserve_bytes=reserve)
@@ -139,8 +141,10 @@ def make_trainable(model: OpenVLA, config: TrainConfig) -> nn.Module:
     targets = list(config.lora_targets) if config.lora_targets else model.lora_target_modules()
     if config.freeze_vision:
         targets = [name for name in targets if not name.startswith("vision_backbone.")]
+    # New modules (OpenVLA-OFT's proprio projector) have nothing to adapt: they are trained in full.
+    in_full = [name for name in getattr(model, "trained_in_full", list)() if name not in targets]
     lora = LoraConfig(r=config.lora_rank, lora_alpha=config.effective_lora_alpha, lora_dropout=config.lora_dropout,
-                      target_modules=targets, init_lora_weights="gaussian")
+                      target_modules=targets, init_lora_weights="gaussian", modules_to_save=in_full or None)
     try:
         return get_peft_model(model, lora, autocast_adapter_dtype=True)
     except ValueError as error:

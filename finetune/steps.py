@@ -29,6 +29,8 @@ class BatchResult:
 class LossStep:
     """Forward + loss + metrics for one batch, with the run's method, weights, precision and device."""
 
+    model_inputs: tuple[str, ...] = MODEL_INPUTS  # the batch entries the model's forward takes
+
     def __init__(self, model: OpenVLA, method: str, alpha: float, epsilon: float, stats: ActionStats,
                  spec: ActionSpaceSpec, device: torch.device, bf16: bool) -> None:
         self.method, self.alpha, self.epsilon = method, alpha, epsilon
@@ -42,7 +44,7 @@ class LossStep:
         return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
 
     def __call__(self, module: nn.Module, batch: dict[str, torch.Tensor]) -> BatchResult:
-        inputs = {name: batch[name].to(self.device, non_blocking=True) for name in MODEL_INPUTS if name in batch}
+        inputs = {name: batch[name].to(self.device, non_blocking=True) for name in self.model_inputs if name in batch}
         keep = supervised_window(batch["labels"])
         with self.autocast():
             output = module(**inputs, logits_to_keep=keep)
@@ -51,9 +53,12 @@ class LossStep:
         loss = compute_loss(self.method, logits, labels, self.action_ids, alpha=self.alpha, epsilon=self.epsilon)
         with torch.no_grad():
             predicted, targets = predicted_action_tokens(logits.detach(), labels, self.action_tokenizer)
-            metrics = batch_metrics(loss, predicted, targets, batch["actions"], self.action_tokenizer, self.stats,
-                                    self.spec)
+            metrics = self.metrics(loss, predicted, targets, batch["actions"])
         return BatchResult(loss=loss, metrics=metrics, samples=int(labels.shape[0]))
+
+    def metrics(self, loss: LossOutput, predicted: torch.Tensor, targets: torch.Tensor,
+                actions: torch.Tensor) -> MetricSums:
+        return batch_metrics(loss, predicted, targets, actions, self.action_tokenizer, self.stats, self.spec)
 
 
 def supervised_window(labels: torch.Tensor) -> int:

@@ -26,18 +26,17 @@ from finetune.batches import (
     BatchBuilder,
     BatchLayout,
     SampleStream,
-    SplitArrays,
     TrainingMicroBatches,
     evaluation_batches,
     evaluation_rows,
-    tokenize_actions,
     training_batches,
 )
 from finetune.config import FinetuneError, TrainConfig, TrainResult, scheduled_lr
-from finetune.data import TrainingData, default_unnorm_key, load_training_data
+from finetune.data import IMAGE_KEY, TrainingData, default_unnorm_key, load_training_data
 from finetune.features import compute_patch_features, fits_in_memory
 from finetune.frames import crop_source_size, ensure_frame_file, frame_file, open_frame_file
 from finetune.metrics import MetricSums, MetricsWriter
+from finetune.model_kind import model_kind
 from finetune.model_setup import (
     check_model_fits,
     describe_parameters,
@@ -111,6 +110,7 @@ class _Training:
 class _Run:
     def __init__(self, config: TrainConfig, context: distributed.DistContext, device: torch.device) -> None:
         self.config, self.context, self.device = config, context, device
+        self.kind = model_kind(config)  # single actions (OpenVLA) or action chunks (OpenVLA-OFT)
         self.out = config.out_dir
         self.held, self.save_dtype = training_precision(config, device)
         # Autocast: asked for, or by default wherever the weights compute in bf16 (CUDA, bf16-capable CPUs).
@@ -141,32 +141,35 @@ class _Run:
         if differences:
             raise FinetuneError(f"cannot resume {saved.path}: " + "; ".join(differences))
 
-    def _frames(self, data: TrainingData, size: int) -> tuple:
+    def _frames(self, data: TrainingData, size: int, image_key: str) -> tuple:
         cache_dir = Path(self.config.frame_cache) if self.config.frame_cache else self.out / FRAME_CACHE_DIR
         train_size = crop_source_size(size) if self.config.augment else size
         jobs = ((data.train, train_size, False, "train"), (data.val, size, self.config.augment, "val"))
         threads = self.config.decode_threads or (os.cpu_count() or 1)
+        sha = data.fingerprint["sha256"]
         if self.context.is_main:
             for table, side, crop, split in jobs:
-                ensure_frame_file(cache_dir, data.fingerprint["sha256"], data.store_paths, table, side, crop, split,
-                                  threads)
+                ensure_frame_file(cache_dir, sha, data.store_paths, table, side, crop, split, threads, image_key)
         distributed.barrier(self.context)
-        return tuple(open_frame_file(frame_file(cache_dir, data.fingerprint["sha256"], table, side, crop, split),
-                                     len(table), side) for table, side, crop, split in jobs)
+        return tuple(open_frame_file(frame_file(cache_dir, sha, table, side, crop, split, image_key), len(table), side)
+                     for table, side, crop, split in jobs)
 
     def _prepare(self, model, data: TrainingData) -> _Prepared:
-        config = self.config
+        """The training and validation batch builders of the run's kind (single actions or OFT chunks)."""
+        config, kind = self.config, self.kind
         unnorm_key = config.unnorm_key or default_unnorm_key(config.data)
         size = model.image_settings.image_size
-        train_frames, val_frames = self._frames(data, size)
-        cache_features = self._caches_features(model, size, len(train_frames) + len(val_frames))
+        frames = {key: self._frames(data, size, key) for key in kind.image_keys}
+        train_frames, val_frames = frames[IMAGE_KEY]
+        cache_features = kind.caches_features and self._caches_features(model, size,
+                                                                        len(train_frames) + len(val_frames))
         splits = []
-        for table, frames in ((data.train, train_frames), (data.val, val_frames)):
-            tokens = tokenize_actions(table.actions, data.stats, model.action_tokenizer)
-            features = compute_patch_features(model, frames, size) if cache_features else None
-            splits.append(BatchBuilder(SplitArrays(frames, tokens, table.actions, table.instruction, features),
-                                       data.instructions, model.tokenizer, model.pad_token_id, model.image_settings,
-                                       size))
+        for index, table in enumerate((data.train, data.val)):
+            views = {key: pair[index] for key, pair in frames.items()}
+            features = compute_patch_features(model, views[IMAGE_KEY], size) if cache_features else None
+            splits.append(kind.builder_class(kind.split_arrays(model, data, table, views, features),
+                                             data.instructions, model.tokenizer, model.pad_token_id,
+                                             model.image_settings, size))
         return _Prepared(data, unnorm_key, splits[0], splits[1],
                          evaluation_rows(len(data.val), config.val_max_samples))
 
@@ -188,7 +191,7 @@ class _Run:
         saved = self._saved_state()
         data = load_training_data(config.data, config.action_space, config.val_fraction, config.skip_noops,
                                   config.max_episodes)
-        model = load_initial_model(config, self.device, self.held)
+        model = self.kind.prepare_model(load_initial_model(config, self.device, self.held), data)
         check_model_fits(model, data, config.init)
         from policy.deployment import weights_fingerprint
 
@@ -213,8 +216,7 @@ class _Run:
                      f"LoRA rank {config.lora_rank} alpha {config.effective_lora_alpha:g}", self.held.describe(),
                      ", bf16 autocast" if self.bf16 else "", describe_parameters(module))
         wrapped = self._wrap(module)
-        step_fn = LossStep(model, config.method, config.alpha, config.epsilon, data.stats, data.spec, self.device,
-                           self.bf16)
+        step_fn = self.kind.loss_step(model, config, data, self.device, self.bf16)
         writer = MetricsWriter(self.out, config.tensorboard, start_step if saved else None) \
             if self.context.is_main else None
         state = {"init_fingerprint": init_fingerprint, "data_sha256": data.fingerprint["sha256"],
@@ -373,7 +375,7 @@ class _Run:
                       "world_size": self.context.world_size, "software_version": __version__,
                       "ranks_in_sync": True if self.context.active else None,
                       "metrics": {"train": train_metrics, "val": val_metrics},
-                      "init_fingerprint": init_fingerprint}
+                      "init_fingerprint": init_fingerprint, **self.kind.export_fields()}
             if not self.config.frame_cache:
                 shutil.rmtree(self.out / FRAME_CACHE_DIR, ignore_errors=True)
             if self.config.export:

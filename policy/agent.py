@@ -2,7 +2,9 @@
 
 ``PolicyAgent`` implements ``robot.runtime.Agent``. Each tick it sends the colour image and instruction (and,
 if asked, the robot state) to a ``Policy``, converts the predicted action into a command with
-``policy.action_space.command_from_action`` in the checkpoint's action space, and returns it. An action that
+``policy.action_space.command_from_action`` in the checkpoint's action space, and returns it. A checkpoint that
+reads the robot state or a wrist image (OpenVLA-OFT, ``PolicySpec.needs_state`` / ``needs_wrist``) gets them
+with every request. An action that
 arrives later than ``max_action_age_s`` after its observation (robot clock), or none at all (timeout, server
 down, server error), yields *no* command: the loop holds the arm and its watchdog takes over. Nothing is ever
 cached, so a stale action is never replayed.
@@ -67,16 +69,20 @@ class PolicySpec:
     state_dim: int | None = None
     image_size: int | None = None
     chunk_size: int | None = None  # actions per prediction; None or 1: single actions (OpenVLA), K: chunks (OFT)
+    needs_state: bool = False  # the checkpoint reads the robot state (OpenVLA-OFT with proprio)
+    needs_wrist: bool = False  # the checkpoint reads the wrist camera's image too
 
     @classmethod
     def from_metadata(cls, metadata: dict[str, Any]) -> PolicySpec:
         """From the server's ``GET /metadata`` (the same fields ``InferenceEngine.metadata`` produces)."""
         try:
+            inputs = metadata.get("inputs") or {}
             return cls(action_space=str(metadata["action_space"]["name"]),
                        checkpoint_id=str(metadata["checkpoint"]["id"]), unnorm_key=str(metadata["unnorm_key"]),
                        state_dim=metadata.get("state_dim"), image_size=metadata.get("image_size"),
-                       chunk_size=metadata.get("chunk_size"))
-        except (KeyError, TypeError) as error:
+                       chunk_size=metadata.get("chunk_size"), needs_state=bool(inputs.get("state", False)),
+                       needs_wrist=bool(inputs.get("wrist_image", False)))
+        except (KeyError, TypeError, AttributeError) as error:
             raise PolicyProtocolError(f"the server's metadata lacks {error}: is it a fanvla policy server?") from None
 
 
@@ -92,7 +98,8 @@ class Policy(Protocol):
     def describe(self) -> PolicySpec: ...
 
     def predict(self, images: Sequence[np.ndarray], instructions: Sequence[str],
-                states: Sequence[np.ndarray] | None = None, timeout_s: float | None = None) -> PolicyOutput: ...
+                states: Sequence[np.ndarray] | None = None, timeout_s: float | None = None) -> PolicyOutput:
+        """``wrist_images=`` is passed too (as a keyword) to a policy whose spec says ``needs_wrist``."""
 
 
 class RemotePolicy:
@@ -117,13 +124,15 @@ class RemotePolicy:
         return replace(spec, unnorm_key=self.unnorm_key)
 
     def predict(self, images: Sequence[np.ndarray], instructions: Sequence[str],
-                states: Sequence[np.ndarray] | None = None, timeout_s: float | None = None) -> PolicyOutput:
+                states: Sequence[np.ndarray] | None = None, timeout_s: float | None = None,
+                wrist_images: Sequence[np.ndarray] | None = None) -> PolicyOutput:
         if len(images) == 1:
             reply = self.client.act(images[0], instructions[0], None if states is None else states[0],
-                                    unnorm_key=self.unnorm_key, timeout_s=timeout_s)
+                                    unnorm_key=self.unnorm_key, timeout_s=timeout_s,
+                                    wrist_image=None if wrist_images is None else wrist_images[0])
         else:
             reply = self.client.act_batch(images, instructions, states, unnorm_key=self.unnorm_key,
-                                          timeout_s=timeout_s)
+                                          timeout_s=timeout_s, wrist_images=wrist_images)
         return PolicyOutput(reply.actions, reply.checkpoint_id, reply.timing, reply.bin_probs)
 
     def close(self) -> None:
@@ -143,13 +152,15 @@ class LocalPolicy:
         return cls(InferenceEngine.load(model_dir, **engine_options))
 
     def describe(self) -> PolicySpec:
-        deployment = self.engine.deployment
+        deployment, engine = self.engine.deployment, self.engine
         return PolicySpec(deployment.action_space.name.value, deployment.checkpoint_id, deployment.unnorm_key,
-                          deployment.state_dim, self.engine.model.image_settings.image_size)
+                          engine.input_limits()["state_dim"], engine.model.image_settings.image_size,
+                          engine.chunk_size, engine.requires_state, engine.reads_wrist)
 
     def predict(self, images: Sequence[np.ndarray], instructions: Sequence[str],
-                states: Sequence[np.ndarray] | None = None, timeout_s: float | None = None) -> PolicyOutput:
-        prediction = self.engine.predict(images, instructions)
+                states: Sequence[np.ndarray] | None = None, timeout_s: float | None = None,
+                wrist_images: Sequence[np.ndarray] | None = None) -> PolicyOutput:
+        prediction = self.engine.predict(images, instructions, states=states, wrist_images=wrist_images)
         return PolicyOutput(prediction.actions, self.engine.checkpoint_id,
                             {"queue_s": prediction.queue_s, "inference_s": prediction.inference_s})
 
@@ -158,9 +169,11 @@ class LocalPolicy:
 
 
 def robot_state(observation: Observation) -> np.ndarray:
-    """The state vector of ``STATE_LAYOUT`` for an observation."""
-    return np.concatenate([observation.arm.joints_rad, observation.arm.tcp_pose,
-                           [observation.gripper.command]]).astype(np.float64)
+    """The state vector of ``STATE_LAYOUT`` for an observation; the gripper opening as the recorder stores it
+    (measured where the gripper reports it, else the applied command), so a policy reads what it was trained on."""
+    gripper = observation.gripper
+    opening = gripper.width if gripper.width is not None else gripper.command
+    return np.concatenate([observation.arm.joints_rad, observation.arm.tcp_pose, [opening]]).astype(np.float64)
 
 
 class PolicyAgent:
@@ -179,7 +192,7 @@ class PolicyAgent:
         """Ask the policy what it is (once per episode: a restarted server with another checkpoint is caught)."""
         spec = self.policy.describe()
         action_space(spec.action_space)  # refuses an unknown action space before the arm moves
-        if self.send_state and spec.state_dim not in (None, STATE_DIM):
+        if (self.send_state or spec.needs_state) and spec.state_dim not in (None, STATE_DIM):
             raise ValueError(f"the checkpoint expects a {spec.state_dim}-D state; this agent sends {STATE_DIM} "
                              f"values ({', '.join(STATE_LAYOUT)})")
         if self.expect_chunks and (spec.chunk_size or 1) < 2:
@@ -195,9 +208,16 @@ class PolicyAgent:
         info: dict[str, Any] = {"checkpoint_id": self.spec.checkpoint_id}
         if timeout_s <= 0:
             return AgentOutput(None, info={**info, "stale": True, "latency_s": 0.0})
+        inputs: dict[str, Any] = {}
+        if self.spec.needs_wrist:
+            if observation.wrist is None:
+                raise ValueError(f"{self.spec.checkpoint_id} reads a wrist camera, but the robot has none: add "
+                                 f"cameras.wrist to hardware.yaml")
+            inputs["wrist_images"] = [observation.wrist.color]
+        states = [robot_state(observation)] if self.send_state or self.spec.needs_state else None
         try:
-            output = self.policy.predict([observation.frame.color], [observation.instruction],
-                                         [robot_state(observation)] if self.send_state else None, timeout_s=timeout_s)
+            output = self.policy.predict([observation.frame.color], [observation.instruction], states,
+                                         timeout_s=timeout_s, **inputs)
         except TRANSIENT_POLICY_ERRORS as error:
             log.warning("no action at step %d: %s", observation.step, error)
             return AgentOutput(None, info={**info, "agent_error": f"{type(error).__name__}: {error}",

@@ -273,8 +273,10 @@ def load_openvla(path: str | Path, dtype: torch.dtype | str | Precision = torch.
         raise CheckpointError(str(error)) from None
     if needed > LARGE_MODEL_BYTES:
         bound_allocator_retention()
+    from policy.oft import build_openvla
+
     with torch.device("meta"):
-        model = OpenVLA(config, attn_implementation=attn_implementation)
+        model = build_openvla(config, attn_implementation)  # OpenVLA, or OpenVLA-OFT (policy/oft.py)
     load_weights(model, model_dir, precision.weights, device)
     materialize_meta_buffers(model.language_model, device)
     leftover = [name for name, tensor in [*model.named_parameters(), *model.named_buffers()] if tensor.is_meta]

@@ -19,7 +19,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     info.add_argument("--json", action="store_true", help="print the summary as JSON")
     info.set_defaults(func=_info)
 
-    predict = commands.add_parser("predict", help="predict the action for one image and instruction")
+    predict = commands.add_parser("predict", help="predict the action (OpenVLA-OFT: the chunk) for one image and "
+                                                  "instruction")
     predict.add_argument("model_dir")
     predict.add_argument("--image", required=True, help="RGB image file (png, jpg)")
     predict.add_argument("--instruction", required=True)
@@ -34,6 +35,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                          help="recompute the whole sequence for every action token (a benchmark baseline)")
     predict.add_argument("--repeat", type=int, default=1,
                          help="predict N times and report each call's time (the first includes warm-up)")
+    predict.add_argument("--state", default=None, metavar="V1,...,V13",
+                         help="OpenVLA-OFT with proprio: the robot state (joints_rad x6, tcp_pose x6, gripper opening)")
+    predict.add_argument("--wrist-image", default=None, help="OpenVLA-OFT with a wrist camera: its RGB image file")
     predict.set_defaults(func=_predict)
 
     random = commands.add_parser(
@@ -103,6 +107,10 @@ def _info(args: argparse.Namespace) -> int:
     print(f"  action tokens    ids {info['action_tokens'][0]}..{info['action_tokens'][1]} (reversed: "
           f"{info['action_tokens'][1]} = bin 0 = -1)")
     print(f"  tokenizer        {'present' if info['tokenizer'] else 'MISSING (token ids only)'}")
+    if info.get("oft"):
+        oft = info["oft"]
+        print(f"  OpenVLA-OFT      chunks of {oft['chunk_size']} actions decoded in parallel, {oft['num_images']} "
+              f"image(s), proprio {'on (' + str(oft['proprio_dim']) + '-D)' if oft['use_proprio'] else 'off'}")
     if "action_space" in info:
         print(f"  action space     {info['action_space']}")
     for key, stats in info["norm_stats"].items():
@@ -119,22 +127,23 @@ def _predict(args: argparse.Namespace) -> int:
     from policy.openvla import OpenVLA
 
     user_error, known = _user_errors()
-    image_path = Path(args.image)
-    if not image_path.is_file():
-        raise user_error(f"image {image_path} does not exist")
+    for path in (args.image, args.wrist_image):
+        if path is not None and not Path(path).is_file():
+            raise user_error(f"image {path} does not exist")
     try:
-        image = np.asarray(Image.open(image_path).convert("RGB"))
+        image = np.asarray(Image.open(args.image).convert("RGB"))
         if args.repeat < 1:
             raise ValueError(f"--repeat must be >= 1, got {args.repeat}")
         started = time.perf_counter()
         model = OpenVLA.from_pretrained(args.model_dir, dtype=args.dtype, device=args.device)
         loaded = time.perf_counter()
+        inputs = _chunk_inputs(model, args)
         calls_s = []
         for _ in range(args.repeat):
             call_started = time.perf_counter()
             with torch.inference_mode():
                 prediction = model.predict_action([image], [args.instruction], unnorm_key=args.unnorm_key,
-                                                  center_crop=args.center_crop, use_cache=args.use_cache)
+                                                  center_crop=args.center_crop, use_cache=args.use_cache, **inputs)
             calls_s.append(round(time.perf_counter() - call_started, 4))
     except known as error:
         raise user_error(str(error)) from None
@@ -151,15 +160,46 @@ def _predict(args: argparse.Namespace) -> int:
                          indent=2))
         return 0
     print(f"instruction: {args.instruction!r}  statistics: '{prediction.unnorm_key}'")
-    print(f"{'dim':>3} {'action':>12} {'spread (std)':>13} {'p(top bin)':>10} {'token':>7}")
-    for dim in range(prediction.actions.shape[1]):
-        print(f"{dim:>3} {prediction.actions[0, dim]:>12.6f} {spread[dim]:>13.6f} {top_prob[dim]:>10.3f} "
-              f"{prediction.token_ids[0, dim]:>7d}")
+    chunk = prediction.actions.ndim == 3  # OpenVLA-OFT: (1, K, 7), decoded in one forward pass
+    rows = [(k, prediction.actions[0, k], spread[k], top_prob[k], prediction.token_ids[0, k])
+            for k in range(prediction.actions.shape[1])] if chunk else \
+        [(None, prediction.actions[0], spread, top_prob, prediction.token_ids[0])]
+    print(f"{'step ' if chunk else ''}{'dim':>3} {'action':>12} {'spread (std)':>13} {'p(top bin)':>10} {'token':>7}")
+    for step, actions, spreads, probs, tokens in rows:
+        for dim in range(actions.shape[0]):
+            print(f"{'' if step is None else f'{step:>4} '}{dim:>3} {actions[dim]:>12.6f} {spreads[dim]:>13.6f} "
+                  f"{probs[dim]:>10.3f} {tokens[dim]:>7d}")
     print(f"probability of an action token per step: min {prediction.action_token_mass[0].min():.3f}")
     print(f"loaded in {timing['load_s']:.1f} s ({timing['weights_dtype']} weights, {timing['compute_dtype']} compute "
           f"on {timing['device']}), predicted in {', '.join(f'{s:.2f}' for s in calls_s)} s"
           f"{'' if args.use_cache else ' without the KV cache'}")
     return 0
+
+
+def _chunk_inputs(model, args: argparse.Namespace) -> dict:
+    """``states`` / ``wrist_images`` for an OpenVLA-OFT model that reads them (refused for a model that does not)."""
+    import numpy as np
+    from PIL import Image
+
+    settings = getattr(model, "oft", None)
+    inputs: dict = {}
+    if args.state is not None:
+        if settings is None or not settings.use_proprio:
+            raise ValueError("--state: this model does not read the robot state")
+        try:
+            inputs["states"] = [np.array([float(v) for v in args.state.split(",")])]
+        except ValueError:
+            raise ValueError(f"--state expects comma-separated numbers, got {args.state!r}") from None
+    elif settings is not None and settings.use_proprio:
+        raise ValueError(f"this OpenVLA-OFT model reads the robot state: pass --state with {settings.proprio_dim} "
+                         f"comma-separated values (joints_rad x6, tcp_pose x6, gripper opening)")
+    if args.wrist_image is not None:
+        if settings is None or not settings.uses_wrist:
+            raise ValueError("--wrist-image: this model reads one camera")
+        inputs["wrist_images"] = [np.asarray(Image.open(args.wrist_image).convert("RGB"))]
+    elif settings is not None and settings.uses_wrist:
+        raise ValueError("this OpenVLA-OFT model reads a wrist camera: pass --wrist-image")
+    return inputs
 
 
 def _parse_overrides(pairs: list[str]) -> dict[str, str]:

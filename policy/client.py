@@ -113,28 +113,38 @@ class PolicyClient:
 
     # -------------------------------------------------------------------------------------------- calls
     def act(self, image: np.ndarray, instruction: str, state: np.ndarray | None = None, *,
-            unnorm_key: str | None = None, return_probs: bool = False, timeout_s: float | None = None) -> ActReply:
-        """The action for one observation (``reply.action`` (7,)); ``timeout_s`` overrides the client's budget."""
+            unnorm_key: str | None = None, return_probs: bool = False, timeout_s: float | None = None,
+            wrist_image: np.ndarray | None = None) -> ActReply:
+        """The action for one observation (``reply.action`` (7,), or the (K, 7) chunk of an OpenVLA-OFT
+        checkpoint); ``timeout_s`` overrides the client's budget; ``wrist_image`` for a checkpoint that reads one."""
         body = encode_act_request([image], [instruction], None if state is None else [state], batch=False,
                                   unnorm_key=unnorm_key, return_probs=return_probs, image_format=self.image_format,
-                                  jpeg_quality=self.jpeg_quality)
+                                  jpeg_quality=self.jpeg_quality,
+                                  wrist_images=None if wrist_image is None else [wrist_image])
         return self._act(body, batch=False, count=1, timeout_s=timeout_s)
 
     def act_batch(self, images: Sequence[np.ndarray], instructions: Sequence[str],
                   states: Sequence[np.ndarray | None] | None = None, *, unnorm_key: str | None = None,
-                  return_probs: bool = False, timeout_s: float | None = None) -> ActReply:
-        """Actions (B, 7) for B observations, predicted as one batch by the server."""
+                  return_probs: bool = False, timeout_s: float | None = None,
+                  wrist_images: Sequence[np.ndarray] | None = None) -> ActReply:
+        """Actions (B, 7) (or (B, K, 7) chunks) for B observations, predicted as one batch by the server."""
         body = encode_act_request(images, instructions, states, batch=True, unnorm_key=unnorm_key,
                                   return_probs=return_probs, image_format=self.image_format,
-                                  jpeg_quality=self.jpeg_quality)
+                                  jpeg_quality=self.jpeg_quality, wrist_images=wrist_images)
         return self._act(body, batch=True, count=len(images), timeout_s=timeout_s)
 
     def act_upstream(self, image: np.ndarray, instruction: str, unnorm_key: str | None = None,
-                     timeout_s: float | None = None) -> np.ndarray:
-        """Upstream OpenVLA's json_numpy request, as its own clients send it (compatibility checks, benches)."""
+                     timeout_s: float | None = None, state: np.ndarray | None = None,
+                     wrist_image: np.ndarray | None = None) -> np.ndarray:
+        """Upstream OpenVLA's json_numpy request, as its own clients send it (compatibility checks, benches); the
+        answer is the action (7,), or the (K, 7) chunk of an OpenVLA-OFT checkpoint."""
         payload: dict[str, Any] = {"image": np.ascontiguousarray(image, dtype=np.uint8), INSTRUCTION: instruction}
         if unnorm_key is not None:
             payload[UNNORM_KEY] = unnorm_key
+        if state is not None:
+            payload["state"] = np.asarray(state, dtype=np.float64)
+        if wrist_image is not None:
+            payload["wrist_image"] = np.ascontiguousarray(wrist_image, dtype=np.uint8)
         response = self._request("POST", ACT_PATH, timeout_s, data=encode_json_numpy(payload).encode(),
                                  headers={"Content-Type": CONTENT_TYPE_JSON})
         try:

@@ -113,6 +113,13 @@ def parse_config(raw: dict, source: str = CONFIG_FILE) -> OpenVLAConfig:
     towers = [_tower_spec(timm_id, overrides, size) for timm_id, size in zip(raw["timm_model_ids"], sizes, strict=True)]
     config = OpenVLAConfig(raw=copy.deepcopy(raw), featurizer=towers[0], fused_featurizer=towers[1],
                            text_config=full_text_config(raw["text_config"]))
+    if "fanvla_oft" in raw:  # OpenVLA-OFT settings (policy/oft.py), checked here with everything else
+        from policy.oft import OFTSettings
+
+        try:
+            OFTSettings.from_dict(raw["fanvla_oft"])
+        except ValueError as error:
+            raise ConfigError(f"{source}: {error}") from None
     if config.vocab_end < config.n_action_bins:
         raise ConfigError(f"{source}: vocab_size {config.vocab_size} - pad_to_multiple_of {config.pad_to_multiple_of} "
                           f"leaves no room for {config.n_action_bins} action tokens")

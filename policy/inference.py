@@ -21,9 +21,11 @@ import torch
 from fanvla import __version__
 from policy.action_space import ACTION_DIM
 from policy.deployment import DeploymentInfo, resolve_deployment
+from policy.oft import OFTSettings
 from policy.openvla import OpenVLA
 from policy.precision import DTYPE_CHOICES
 from policy.protocol import PROTOCOL_VERSION
+from policy.server_validation import RequestLimits
 
 log = logging.getLogger(__name__)
 
@@ -31,8 +33,8 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class EnginePrediction:
-    actions: np.ndarray  # (B, 7) float64, un-normalised
-    bin_probs: np.ndarray | None  # (B, 7, bins) float32 when asked for
+    actions: np.ndarray  # (B, 7) float64, un-normalised; (B, K, 7) action chunks for OpenVLA-OFT
+    bin_probs: np.ndarray | None  # (B, 7, bins) float32 when asked for; (B, K, 7, bins) for chunks
     unnorm_key: str
     queue_s: float  # waiting for the model
     inference_s: float  # preprocessing + decoding, inside the lock
@@ -78,7 +80,10 @@ class InferenceEngine:
         """One prediction on a blank image, so that the first real request does not pay for lazy initialisation
         (kernel selection, CUDA context, allocator pools); returns its duration in seconds."""
         size = self.model.image_settings.image_size
-        return self.predict([np.zeros((size, size, 3), np.uint8)], ["warm up"]).inference_s
+        blank = np.zeros((size, size, 3), np.uint8)
+        state = [np.zeros(self.oft.proprio_dim)] if self.requires_state else None
+        return self.predict([blank], ["warm up"], states=state, wrist_images=[blank] if self.reads_wrist else None
+                            ).inference_s
 
     @property
     def unnorm_keys(self) -> list[str]:
@@ -88,16 +93,48 @@ class InferenceEngine:
     def checkpoint_id(self) -> str:
         return self.deployment.checkpoint_id
 
+    @property
+    def oft(self) -> OFTSettings | None:
+        """The OpenVLA-OFT settings of the model (chunk size, inputs), None for single actions."""
+        return getattr(self.model, "oft", None)
+
+    @property
+    def chunk_size(self) -> int:
+        return self.oft.chunk_size if self.oft is not None else 1
+
+    @property
+    def requires_state(self) -> bool:
+        return bool(self.oft is not None and self.oft.use_proprio)
+
+    @property
+    def reads_wrist(self) -> bool:
+        return bool(self.oft is not None and self.oft.uses_wrist)
+
+    def input_limits(self, given: RequestLimits | None = None) -> dict[str, Any]:
+        """The request fields a server must check for this model: the state size (unless ``given`` fixes one),
+        whether the state and a wrist image are required."""
+        state_dim = (given.state_dim if given is not None else None) or self.deployment.state_dim
+        if self.requires_state:
+            state_dim = self.oft.proprio_dim
+        return {"state_dim": state_dim, "requires_state": self.requires_state, "wrist_image": self.reads_wrist}
+
     def predict(self, images: Sequence[np.ndarray], instructions: Sequence[str], unnorm_key: str | None = None,
-                return_probs: bool = False) -> EnginePrediction:
-        """Actions for B RGB uint8 images and B instructions (greedy decoding), with the deployment's crop."""
+                return_probs: bool = False, *, states: Sequence[np.ndarray | None] | None = None,
+                wrist_images: Sequence[np.ndarray] | None = None) -> EnginePrediction:
+        """Actions for B RGB uint8 images and B instructions (greedy decoding), with the deployment's crop; an
+        OpenVLA-OFT model answers (B, K, 7) chunks and reads ``states`` / ``wrist_images`` when trained with them
+        (a model that does not read the state ignores it)."""
         key = unnorm_key or self.deployment.unnorm_key
+        inputs: dict[str, Any] = {}
+        if self.oft is not None:
+            inputs = {"states": list(states) if self.requires_state and states is not None else None,
+                      "wrist_images": list(wrist_images) if self.reads_wrist and wrist_images is not None else None}
         waiting_since = time.perf_counter()
         with self._lock:
             started = time.perf_counter()
             with torch.inference_mode():
                 prediction = self.model.predict_action(list(images), list(instructions), unnorm_key=key,
-                                                       center_crop=self.deployment.center_crop)
+                                                       center_crop=self.deployment.center_crop, **inputs)
             finished = time.perf_counter()
         return EnginePrediction(actions=np.asarray(prediction.actions, dtype=np.float64),
                                 bin_probs=prediction.bin_probs if return_probs else None,
@@ -115,6 +152,9 @@ class InferenceEngine:
                            "tiny_preset": (model.config.raw.get("fanvla_tiny_preset") or {}).get("name")},
             "action_space": deployment.action_space.describe(),
             "action_dim": ACTION_DIM,
+            # Actions per prediction: 1 (OpenVLA) or K (OpenVLA-OFT: /act answers (K, 7) chunks).
+            "chunk_size": self.chunk_size,
+            "inputs": {"state": self.requires_state, "wrist_image": self.reads_wrist},
             "n_action_bins": model.config.n_action_bins,
             "unnorm_key": deployment.unnorm_key,
             "unnorm_keys": self.unnorm_keys,
@@ -123,7 +163,7 @@ class InferenceEngine:
             "image": {"input": "RGB uint8 (H, W, 3), any size", "model_input_px": [size, size],
                       "resize": "whole image to the model size, bicubic (resize-naive)",
                       "center_crop": deployment.center_crop},
-            "state_dim": deployment.state_dim,
+            "state_dim": self.input_limits()["state_dim"],
             "device": str(model.device),
             "dtype": str(model.dtype).removeprefix("torch."),
             "compute_dtype": str(model.input_dtype).removeprefix("torch."),

@@ -47,6 +47,7 @@ def describe_model_dir(model_dir: str | Path) -> dict:
                              "num_transitions": entry.num_transitions, "num_trajectories": entry.num_trajectories}
                        for key, entry in stats.items()},
         "tiny_preset": config.raw.get("fanvla_tiny_preset", {}).get("name"),
+        "oft": config.raw.get("fanvla_oft"),  # OpenVLA-OFT settings (policy/oft.py); None: single actions
     }
     fanvla_file = directory / FANVLA_FILE
     if fanvla_file.is_file():

@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
@@ -75,7 +75,7 @@ def create_app(engine: InferenceEngine, limits: RequestLimits | None = None, tok
     """The Flask application; ``token`` None disables authentication (loopback only, see check_exposure);
     ``injected_latency``: a delay added before every /act answer (rehearsing a slower model,
     robot/injected_latency.py)."""
-    limits = limits or RequestLimits(state_dim=engine.deployment.state_dim)
+    limits = replace(limits or RequestLimits(), **engine.input_limits(limits))
     delay = _InjectedDelay(injected_latency or LatencySpec())
     app = Flask("fanvla.policy_server")
     app.config["MAX_CONTENT_LENGTH"] = limits.max_body_bytes  # larger bodies: 413 before they are read
@@ -114,7 +114,8 @@ def create_app(engine: InferenceEngine, limits: RequestLimits | None = None, tok
             raise invalid(UNNORM_KEY, f"'{parsed.unnorm_key}' is not a statistics key of this checkpoint; available: "
                                       f"{engine.unnorm_keys}")
         decoded = time.perf_counter()
-        prediction = engine.predict(parsed.images, parsed.instructions, parsed.unnorm_key, parsed.return_probs)
+        prediction = engine.predict(parsed.images, parsed.instructions, parsed.unnorm_key, parsed.return_probs,
+                                    states=parsed.states, wrist_images=parsed.wrist_images)
         injected_s = delay.wait()
         timing = {"decode_s": decoded - started, "queue_s": prediction.queue_s,
                   "inference_s": prediction.inference_s, **({"injected_s": injected_s} if delay.enabled else {}),

@@ -25,6 +25,7 @@ from policy.protocol import (
     STATE,
     UNNORM_KEY,
     UPSTREAM_FIELDS,
+    WRIST_IMAGE,
 )
 from policy.wire import CONTENT_TYPE_JSON, CONTENT_TYPE_MSGPACK, WireError, decode, decode_openvla_request
 
@@ -60,7 +61,9 @@ def invalid(field: str, message: str) -> RequestError:
 
 @dataclass(frozen=True)
 class RequestLimits:
-    """What the server accepts. ``state_dim`` None: any 1-D state of at most ``max_state_dim`` values."""
+    """What the server accepts. ``state_dim`` None: any 1-D state of at most ``max_state_dim`` values;
+    ``requires_state``: every observation must carry its state; ``wrist_image``: every observation must carry a
+    wrist image (and none may without it): what the checkpoint reads (OpenVLA-OFT, policy/oft.py)."""
 
     max_body_bytes: int = 32 * 1024 * 1024
     max_batch: int = 16
@@ -68,6 +71,8 @@ class RequestLimits:
     max_instruction_chars: int = 1000
     state_dim: int | None = None
     max_state_dim: int = 64
+    requires_state: bool = False
+    wrist_image: bool = False
 
     def __post_init__(self) -> None:
         for name in ("max_body_bytes", "max_batch", "max_image_side_px", "max_instruction_chars", "max_state_dim"):
@@ -89,12 +94,14 @@ class RequestLimits:
     def describe(self) -> dict[str, Any]:
         return {"max_body_bytes": self.max_body_bytes, "max_batch": self.max_batch,
                 "max_image_side_px": self.max_image_side_px, "max_instruction_chars": self.max_instruction_chars,
-                "state_dim": self.state_dim, "max_state_dim": self.max_state_dim}
+                "state_dim": self.state_dim, "max_state_dim": self.max_state_dim,
+                "requires_state": self.requires_state, "wrist_image": self.wrist_image}
 
 
 @dataclass(frozen=True)
 class ActRequest:
-    """A validated request: B RGB uint8 images, B instructions, B states (or None each)."""
+    """A validated request: B RGB uint8 images, B instructions, B states (or None each), and B wrist images when
+    the checkpoint reads them (None otherwise)."""
 
     images: list[np.ndarray]
     instructions: list[str]
@@ -104,6 +111,7 @@ class ActRequest:
     batch: bool
     upstream: bool = False  # upstream OpenVLA json_numpy format: reply with the bare action
     double_encoded: bool = False
+    wrist_images: list[np.ndarray] | None = None
 
     @property
     def size(self) -> int:
@@ -159,20 +167,37 @@ def _parse_msgpack(document: Any, limits: RequestLimits) -> ActRequest:
     return_probs = document.get(RETURN_PROBS, False)
     if not isinstance(return_probs, bool):
         raise invalid(RETURN_PROBS, f"must be true or false, got {type(return_probs).__name__}")
+    wrists = [o[3] for o in observations]
     return ActRequest(images=[o[0] for o in observations], instructions=[o[1] for o in observations],
                       states=[o[2] for o in observations], unnorm_key=_unnorm_key(document.get(UNNORM_KEY)),
-                      return_probs=return_probs, batch=batch)
+                      return_probs=return_probs, batch=batch, wrist_images=wrists if limits.wrist_image else None)
 
 
-def _observation(item: Any, path: str, limits: RequestLimits) -> tuple[np.ndarray, str, np.ndarray | None]:
+def _observation(item: Any, path: str,
+                 limits: RequestLimits) -> tuple[np.ndarray, str, np.ndarray | None, np.ndarray | None]:
     item = _check_fields(item, OBSERVATION_FIELDS, path, "an observation")
     for required in (IMAGE, INSTRUCTION):
         if required not in item:
             raise invalid(f"{path}.{required}", "missing; an observation needs an image and an instruction")
-    state = item.get(STATE)
+    state, wrist = _model_inputs(item, f"{path}.", limits)
     return (check_image(item[IMAGE], f"{path}.{IMAGE}", limits),
-            check_instruction(item[INSTRUCTION], f"{path}.{INSTRUCTION}", limits),
-            None if state is None else check_state(state, f"{path}.{STATE}", limits))
+            check_instruction(item[INSTRUCTION], f"{path}.{INSTRUCTION}", limits), state, wrist)
+
+
+def _model_inputs(item: Mapping[str, Any], prefix: str,
+                  limits: RequestLimits) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """(state, wrist image) of an observation, each required or refused as the checkpoint reads it."""
+    state, wrist = item.get(STATE), item.get(WRIST_IMAGE)
+    if state is None and limits.requires_state:
+        raise invalid(f"{prefix}{STATE}", f"missing; this checkpoint reads the robot state ({limits.state_dim} "
+                                          f"values: joints_rad (6), tcp_pose (6), gripper opening) with every image")
+    if wrist is None and limits.wrist_image:
+        raise invalid(f"{prefix}{WRIST_IMAGE}", "missing; this checkpoint reads the wrist camera's image (RGB uint8) "
+                                                "with every image")
+    if wrist is not None and not limits.wrist_image:
+        raise invalid(f"{prefix}{WRIST_IMAGE}", "this checkpoint reads one camera; send no wrist_image")
+    return (None if state is None else check_state(state, f"{prefix}{STATE}", limits),
+            None if wrist is None else check_image(wrist, f"{prefix}{WRIST_IMAGE}", limits))
 
 
 def _parse_upstream(document: Any, double_encoded: bool, limits: RequestLimits) -> ActRequest:
@@ -180,10 +205,12 @@ def _parse_upstream(document: Any, double_encoded: bool, limits: RequestLimits) 
     for required in (IMAGE, INSTRUCTION):
         if required not in document:
             raise invalid(required, "missing; upstream's request is {\"image\", \"instruction\", \"unnorm_key\"?}")
+    state, wrist = _model_inputs(document, "", limits)
     return ActRequest(images=[check_image(document[IMAGE], IMAGE, limits)],
-                      instructions=[check_instruction(document[INSTRUCTION], INSTRUCTION, limits)], states=[None],
+                      instructions=[check_instruction(document[INSTRUCTION], INSTRUCTION, limits)], states=[state],
                       unnorm_key=_unnorm_key(document.get(UNNORM_KEY)), return_probs=False, batch=False,
-                      upstream=True, double_encoded=double_encoded)
+                      upstream=True, double_encoded=double_encoded,
+                      wrist_images=[wrist] if limits.wrist_image else None)
 
 
 def _unnorm_key(value: Any) -> str | None:

@@ -20,7 +20,7 @@ import numpy as np
 
 from collect.layout import utc_now_iso
 from collect.recorder import step_record as recording_row
-from collect.schema import KeySpec, StoreSchema, recording_schema
+from collect.schema import WRIST_COLOR_KEY, KeySpec, StoreSchema, recording_schema
 from collect.store import EpisodeStore
 from policy.action_space import ACTION_DIM
 from robot.runtime import EpisodeResult, EpisodeStatus, Step
@@ -66,14 +66,14 @@ def _seconds(value: Any) -> float:
     return float(value) if isinstance(value, int | float) and math.isfinite(value) else math.nan
 
 
-def step_record(step: Step) -> dict[str, Any]:
+def step_record(step: Step, record_wrist: bool = False) -> dict[str, Any]:
     """One store row for a control-loop step: the recorder's row (``collect.recorder.step_record``: while the arm
     holds, the command keys hold the hold target) plus ``POLICY_STEP_KEYS``."""
     info = step.agent_info
     action = info.get("action")
     timing = info.get("server_timing") or {}
     return {
-        **recording_row(step, record_depth=False),
+        **recording_row(step, record_depth=False, record_wrist=record_wrist),
         "action": np.asarray(action, dtype=np.float64) if action is not None else np.full(ACTION_DIM, np.nan),
         "action_received": action is not None,
         "command_sent": step.sent is not None,
@@ -139,6 +139,8 @@ class EpisodeSummary:
         quantile = (lambda q: float(np.quantile(latencies, q))) if latencies.size else (lambda q: None)
         return {"commands_sent": self.sent, "held_steps": self.steps - self.sent - self.in_motion,
                 "ticks_between_commands": self.in_motion, "actions_received": self.received,
+                # answers (predictions) received: one per tick in sync mode, one per chunk in chunk mode
+                "answers_received": len(self.answer_latencies_s),
                 "stale_actions": self.stale, "superseded_answers": self.superseded, "policy_errors": self.errors,
                 "watchdog_hold_ticks": self.watchdog_holds, "watchdog_stops": self.watchdog_stops,
                 "latency_p50_s": quantile(0.5), "latency_p99_s": quantile(0.99),
@@ -161,6 +163,7 @@ class StepLog:
                  summary: EpisodeSummary | None = None,
                  context: Callable[[], Mapping[str, Any]] | None = None) -> None:
         self.store, self.summary, self.context = store, summary, context
+        self._record_wrist = WRIST_COLOR_KEY in store.schema.keys
         self._session_meta = dict(meta or {})
         self._episode_meta: dict[str, Any] = {}
         self._writer = None
@@ -176,7 +179,7 @@ class StepLog:
                                                  "instruction": instruction, "started_at": utc_now_iso()})
 
     def on_step(self, step: Step) -> None:
-        self._writer.add_step(step_record(step))
+        self._writer.add_step(step_record(step, self._record_wrist))
 
     def on_episode_end(self, result: EpisodeResult) -> None:
         self._finish(result.status, result.reason, {"duration_s": result.duration_s, "late_ticks": result.late_ticks})

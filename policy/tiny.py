@@ -6,8 +6,10 @@ and are recorded in config.json (``image_sizes`` and ``vit_overrides``), so ever
 model with ``OpenVLA.from_pretrained`` like the 7B one.
 
 Presets: ``test`` (builds in about a second, for tests of other packages) and ``demo`` (sized to learn a simulated
-pick-and-place on 2 CPU cores; the lead tunes it). Any field can be overridden (``overrides={"image_size": 128}``
-or ``fanvla policy init-tiny --set image_size=128``).
+pick-and-place on 2 CPU cores; the lead tunes it), and their OpenVLA-OFT variants ``test-oft`` and ``demo-oft``
+(the same sizes, a chunk of 8 actions decoded in parallel and the proprio token: policy/oft.py; ``num_images=2``
+adds the wrist camera). Any field can be overridden (``overrides={"image_size": 128}`` or ``fanvla policy init-tiny
+--set image_size=128``).
 """
 
 from __future__ import annotations
@@ -47,10 +49,24 @@ class TinyPreset:
     # "sincos": position embeddings start as a fixed 2-D sine-cosine grid (MAE), so patch tokens know where
     # they are from the first step; "random": small random values, as timm initialises them.
     pos_embed_init: str = "sincos"
+    # OpenVLA-OFT (policy/oft.py): actions per chunk (0 = plain OpenVLA), the proprio token, images per observation.
+    chunk_size: int = 0
+    use_proprio: bool = False
+    num_images: int = 1
 
     def __post_init__(self) -> None:
         if self.pos_embed_init not in POS_EMBED_INITS:
             raise ValueError(f"pos_embed_init must be one of {POS_EMBED_INITS}, got '{self.pos_embed_init}'")
+        if self.chunk_size == 0 and (self.use_proprio or self.num_images != 1):
+            raise ValueError("use_proprio and num_images need an OpenVLA-OFT preset (chunk_size >= 1)")
+
+    def oft_settings(self):
+        """The ``OFTSettings`` of an OFT preset, None for a plain OpenVLA one."""
+        from policy.oft import OFTSettings
+
+        if self.chunk_size == 0:
+            return None
+        return OFTSettings(chunk_size=self.chunk_size, num_images=self.num_images, use_proprio=self.use_proprio)
 
     @property
     def num_patches(self) -> int:
@@ -67,6 +83,8 @@ PRESETS: dict[str, TinyPreset] = {
                        siglip_depth=4, siglip_heads=4, llm_hidden=128, llm_layers=3, llm_heads=4,
                        llm_intermediate=344),
 }
+# OpenVLA-OFT variants: the same model sizes, K = 8 actions decoded in parallel, with the proprio token.
+PRESETS.update({f"{name}-oft": replace(PRESETS[name], chunk_size=8, use_proprio=True) for name in ("test", "demo")})
 
 
 def resolve_preset(name: str, overrides: dict | None = None) -> TinyPreset:
@@ -81,14 +99,32 @@ def resolve_preset(name: str, overrides: dict | None = None) -> TinyPreset:
     if unknown:
         raise ValueError(f"unknown preset fields {unknown}; known: {sorted(types)}")
     try:
-        converted = {key: types[key](value) for key, value in overrides.items()}
+        converted = {key: _convert(types[key], value) for key, value in overrides.items()}
     except ValueError as error:
         raise ValueError(f"bad preset override {overrides}: {error}") from None
     return replace(preset, **converted)
 
 
+def _convert(kind: type, value):
+    """A CLI string (or a value) as the field's type; booleans accept true/false/1/0/yes/no."""
+    if kind is bool and isinstance(value, str):
+        lowered = value.strip().lower()
+        if lowered not in ("true", "false", "1", "0", "yes", "no"):
+            raise ValueError(f"{value!r} is not a boolean (true/false)")
+        return lowered in ("true", "1", "yes")
+    return kind(value)
+
+
 def tiny_config_dict(preset: TinyPreset, vocab_end: int, preset_name: str) -> dict:
-    """config.json content: openvla-7b's fields, with the sizes of this preset."""
+    """config.json content: openvla-7b's fields, with the sizes of this preset (and its OFT block, if any)."""
+    settings = preset.oft_settings()
+    config = _openvla_config_dict(preset, vocab_end, preset_name)
+    if settings is not None:
+        config["fanvla_oft"] = settings.to_dict()
+    return config
+
+
+def _openvla_config_dict(preset: TinyPreset, vocab_end: int, preset_name: str) -> dict:
     pad_multiple = 64
     vit = {"img_size": preset.image_size, "patch_size": preset.patch_size}
     return {
@@ -192,7 +228,7 @@ def build_tiny_model(preset: str | TinyPreset = "test", seed: int = 0, instructi
     import torch
 
     from policy.config import parse_config
-    from policy.openvla import OpenVLA
+    from policy.oft import build_openvla
     from policy.tiny_tokenizer import train_tiny_tokenizer
 
     name = preset if isinstance(preset, str) else "custom"
@@ -200,7 +236,7 @@ def build_tiny_model(preset: str | TinyPreset = "test", seed: int = 0, instructi
     tokenizer, vocab_end = train_tiny_tokenizer(instructions, spec.max_text_pieces)
     config = parse_config(tiny_config_dict(spec, vocab_end, name), source=f"tiny preset '{name}'")
     torch.manual_seed(seed)
-    model = OpenVLA(config)
+    model = build_openvla(config)
     with torch.no_grad():
         _init_vision_weights(model.vision_backbone, spec.layer_scale_init, spec.pos_embed_init)
         for linear in (model.projector.fc1, model.projector.fc2, model.projector.fc3):

@@ -13,7 +13,10 @@ tick starts (``ControlLoop`` runs the ticks; robot/answers.py runs the agent, wi
 - ``chunk``: the agent answers with a chunk (``AgentOutput.plan``: K commands); the chunk runs open loop,
   one step a period, while the next one is requested (the request says which step of the running chunk runs
   now: ``Observation.plan_progress``); a new chunk replaces the old one at the step the arm has reached along
-  it, optionally cross-faded over a few steps.
+  it, optionally cross-faded over a few steps; or, open loop (``open_loop_steps``, OpenVLA-OFT's setting with K),
+  the next chunk is asked for only once that many steps of the running one were sent; or, with temporal
+  ensembling (``ensemble_decay``, robot/ensemble_execution.py), each tick runs the weighted mean of the steps
+  every live chunk planned for it.
 
 In every mode an answer's commands become *relative steps* (``RelativeStep``): the motion from the state the
 agent saw to the command (the ``ee_delta``/``joint_delta`` action), applied from the arm's measured state at
@@ -61,6 +64,12 @@ class ExecutionConfig:
     max_action_age_s: float | None = None  # None: the watchdog's hold time
     latency_seed: int = 0  # seeds the injected delays (per episode: the same delays for the same seed)
     chunk_blend_steps: int = 0  # chunk mode: cross-fade a new chunk into the old one over this many steps
+    # Chunk mode: steps of a chunk sent before the next chunk is asked for (OpenVLA-OFT's open-loop execution: K, one
+    # request per K ticks); None: ask as soon as the agent is free (re-planning every period when it answers in time).
+    open_loop_steps: int | None = None
+    # Chunk mode: temporal ensembling (robot/ensemble_execution.py): each tick's command is the weighted mean of the
+    # steps every live chunk planned for it, weights exp(-decay * j) from the oldest (ACT's); None: off.
+    ensemble_decay: float | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "mode", ExecutionMode(self.mode))
@@ -68,11 +77,25 @@ class ExecutionConfig:
             raise ValueError(f"max_action_age_s must be > 0, got {self.max_action_age_s}")
         if self.chunk_blend_steps < 0:
             raise ValueError(f"chunk_blend_steps must be >= 0, got {self.chunk_blend_steps}")
+        if self.open_loop_steps is not None and self.open_loop_steps < 1:
+            raise ValueError(f"open_loop_steps must be >= 1, got {self.open_loop_steps}")
+        chunk_settings = self.ensemble_decay is not None or self.open_loop_steps is not None
+        if chunk_settings and self.mode is not ExecutionMode.CHUNK:
+            raise ValueError("open_loop_steps and ensemble_decay are settings of chunk execution (mode 'chunk')")
+        if self.ensemble_decay is not None:
+            if not (math.isfinite(self.ensemble_decay) and self.ensemble_decay >= 0):
+                raise ValueError(f"ensemble_decay must be >= 0, got {self.ensemble_decay}")
+            if self.open_loop_steps is not None or self.chunk_blend_steps:
+                raise ValueError("ensemble_decay averages every live chunk at each tick: it excludes open_loop_steps "
+                                 "and chunk_blend_steps")
 
     def describe(self, hold_after_s: float | None = None) -> dict[str, Any]:
         max_age = self.max_action_age_s if self.max_action_age_s is not None else hold_after_s
+        chunk = {"chunk_blend_steps": self.chunk_blend_steps,
+                 **({"open_loop_steps": self.open_loop_steps} if self.open_loop_steps is not None else {}),
+                 **({"ensemble_decay": self.ensemble_decay} if self.ensemble_decay is not None else {})}
         return {"mode": self.mode.value, "policy_latency_ms": str(self.latency), "max_action_age_s": max_age,
-                **({"chunk_blend_steps": self.chunk_blend_steps} if self.mode is ExecutionMode.CHUNK else {})}
+                **(chunk if self.mode is ExecutionMode.CHUNK else {})}
 
 
 @dataclass(frozen=True)
@@ -297,9 +320,9 @@ class ChunkExecution(_Overlapped):
     same motion), never for time the arm spent holding; a step overdue by more than ``max_action_age_s`` (step i
     is due at the observation's time + i periods) drops the chunk."""
 
-    def __init__(self, *args: Any, blend_steps: int = 0) -> None:
+    def __init__(self, *args: Any, blend_steps: int = 0, open_loop_steps: int | None = None) -> None:
         super().__init__(*args)
-        self.blend_steps = blend_steps
+        self.blend_steps, self.open_loop_steps = blend_steps, open_loop_steps
         self._chunk: _Chunk | None = None
         self._previous: _Chunk | None = None  # cross-faded out over the first blend_steps steps of a new chunk
         self._since_switch = 0
@@ -311,7 +334,7 @@ class ChunkExecution(_Overlapped):
         info = self._take(observation)
         chunk = self._chunk
         progress = PlanProgress(chunk.answer.observation.step, chunk.next_index) if chunk is not None else None
-        if self._ask_if_free(replace(observation, plan_progress=progress)):  # the next chunk, while this one runs
+        if self._due(chunk) and self._ask_if_free(replace(observation, plan_progress=progress)):  # the next chunk
             info.update(self._take(observation))  # answered at once (lock-step without injected latency)
         chunk = self._chunk
         if chunk is None or chunk.exhausted or not self._may_command(observation):
@@ -332,6 +355,18 @@ class ChunkExecution(_Overlapped):
 
     def _has_waiting_command(self) -> bool:
         return self._chunk is not None and not self._chunk.exhausted
+
+    def _due(self, chunk: _Chunk | None) -> bool:
+        """The next chunk may be asked for: always, or (open loop) once ``open_loop_steps`` of this one were sent."""
+        return self.open_loop_steps is None or chunk is None or chunk.exhausted or \
+            chunk.next_index >= self.open_loop_steps
+
+    def _wake_s(self) -> float:
+        if self.open_loop_steps is None:
+            return super()._wake_s()
+        # Open loop: the next chunk is asked for at a tick of the schedule (the one after the last step sent), never
+        # at an extra tick of its own, so an idle agent does not wake the loop; a waiting command still may.
+        return self._earliest(self.clock.now_s(), self._has_waiting_command(), False)
 
     def _take(self, observation: Observation) -> dict[str, Any]:
         arrived = self.answers.take()
@@ -371,4 +406,8 @@ def start_execution(config: ExecutionConfig, agent: Agent, clock: Clock, period_
         return SyncExecution(*args)
     if config.mode is ExecutionMode.ASYNC:
         return AsyncExecution(*args)
-    return ChunkExecution(*args, blend_steps=config.chunk_blend_steps)
+    if config.ensemble_decay is not None:
+        from robot.ensemble_execution import EnsembleExecution
+
+        return EnsembleExecution(*args, decay=config.ensemble_decay)
+    return ChunkExecution(*args, blend_steps=config.chunk_blend_steps, open_loop_steps=config.open_loop_steps)

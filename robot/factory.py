@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 
 Backend = Literal["sim", "real"]
 BACKENDS: tuple[Backend, ...] = ("sim", "real")
+WRIST_SOFTWARE_SERIAL = "SW0000000406"  # the twin's wrist camera when cameras.wrist.serial is null
 
 
 @dataclass
@@ -43,17 +44,24 @@ class Robot:
     twin: object | None = None  # robot.sim.twin.Twin for the sim backend: scene control and scoring
     _exit: ExitStack = field(default_factory=ExitStack, repr=False)
     latency: dict | None = None  # this backend's figures from `fanvla robot latency` (robot/latency.py), if measured
+    wrist_camera: Camera | None = None  # hardware.yaml cameras.wrist: a second RealSense on the flange, if any
 
     def observe_parts(self) -> tuple[CameraFrame, ArmState, GripperState]:
         return self.camera.latest(), self.arm.state(), self.gripper.state()
 
     def hardware_info(self) -> dict:
         """What every recording keeps about the hardware behind it: the SDK and the calls used (measured or
-        possibly commanded state), frames, tool and payload; the camera and its timestamp domain; latency."""
+        possibly commanded state), frames, tool and payload; the camera and its timestamp domain; latency; the
+        wrist camera (with its intrinsics) when there is one."""
         sdk_info = getattr(self.arm, "sdk_info", None)
-        camera = {key: getattr(self.camera, key, None) for key in ("serial", "device_name", "timestamp_domain")}
-        return {"backend": self.backend, "arm": sdk_info() if sdk_info is not None else None, "camera": camera,
+        keys = ("serial", "device_name", "timestamp_domain")
+        camera = {key: getattr(self.camera, key, None) for key in keys}
+        info = {"backend": self.backend, "arm": sdk_info() if sdk_info is not None else None, "camera": camera,
                 "latency": self.latency}
+        if self.wrist_camera is not None:
+            info["wrist_camera"] = {**{key: getattr(self.wrist_camera, key, None) for key in keys},
+                                    "intrinsics": self.wrist_camera.intrinsics.to_dict()}
+        return info
 
     def go_home(self) -> None:
         """Leave servo mode if needed and move home (blocking, speed-limited)."""
@@ -108,11 +116,18 @@ def open_robot(config: HardwareConfig, backend: Backend, *, seed: int = 0, realt
 def _open_real(config: HardwareConfig, stack: ExitStack, with_camera: bool) -> Robot:
     from robot.realsense import RealSenseCamera
 
+    wrist = config.cameras.wrist if with_camera else None
+    if wrist is not None and (wrist.serial is None or config.camera.serial is None):  # before anything connects
+        raise RobotError("cameras.wrist is set: give both RealSense serials (camera.serial and cameras.wrist.serial "
+                         "in hardware.yaml; rs-enumerate-devices lists them), so that neither camera is taken for the "
+                         "other")
     clock = RealClock()
     arm = stack.enter_context(JakaArm(config, clock=clock))
     gripper = stack.enter_context(make_gripper(config, arm))
     camera = stack.enter_context(RealSenseCamera(config.camera, clock)) if with_camera else _NoCamera()
-    return Robot(config, "real", arm, gripper, camera, clock, _safety_for(config, arm), None, stack)
+    wrist_camera = None if wrist is None else stack.enter_context(RealSenseCamera(wrist.as_camera_config(), clock))
+    return Robot(config, "real", arm, gripper, camera, clock, _safety_for(config, arm), None, stack,
+                 wrist_camera=wrist_camera)
 
 
 def _open_sim(config: HardwareConfig, stack: ExitStack, seed: int, realtime: bool | None,
@@ -124,9 +139,13 @@ def _open_sim(config: HardwareConfig, stack: ExitStack, seed: int, realtime: boo
     arm = stack.enter_context(JakaArm(config, sdk=make_jkrc(twin), clock=twin.clock))
     gripper = stack.enter_context(make_gripper(config, arm))
     camera: Camera = _NoCamera()
+    wrist_camera = None
     if with_camera:
         camera = _start_software_camera(config, twin, stack)
-    return Robot(config, "sim", arm, gripper, camera, twin.clock, _safety_for(config, arm), twin, stack)
+        if config.cameras.wrist is not None:
+            wrist_camera = _start_software_wrist_camera(config, twin, stack)
+    return Robot(config, "sim", arm, gripper, camera, twin.clock, _safety_for(config, arm), twin, stack,
+                 wrist_camera=wrist_camera)
 
 
 def _start_software_camera(config: HardwareConfig, twin, stack: ExitStack) -> Camera:
@@ -134,6 +153,20 @@ def _start_software_camera(config: HardwareConfig, twin, stack: ExitStack) -> Ca
 
     device = SoftwareRealSense(config.camera, twin.intrinsics(), twin.camera_frames,
                                depth_intrinsics=twin.depth_intrinsics())
+    return _run_software_device(device, twin, stack)
+
+
+def _start_software_wrist_camera(config: HardwareConfig, twin, stack: ExitStack) -> Camera:
+    """A second software RealSense (its own context and serial) fed with the twin's wrist camera renders."""
+    from robot.sim.software_realsense import SoftwareRealSense
+
+    wrist = config.cameras.wrist
+    device = SoftwareRealSense(wrist.as_camera_config(), twin.wrist_intrinsics(), twin.wrist_frames,
+                               serial=wrist.serial or WRIST_SOFTWARE_SERIAL)
+    return _run_software_device(device, twin, stack)
+
+
+def _run_software_device(device, twin, stack: ExitStack) -> Camera:
     camera = stack.enter_context(device.camera(twin.clock))
     task: PeriodicTask = device.start(twin.clock, camera)
     stack.callback(_stop_quietly, device)

@@ -2,7 +2,7 @@
 
 One tick reads like the data flow::
 
-    observation = robot.observe()               camera frame + arm state + gripper state
+    observation = robot.observe()               camera frame(s) + arm state + gripper state
     output      = agent.act(observation)        teleop device, scripted expert or policy
     sent        = robot.safety.filter(command)  workspace, limits, per-step limits, NaN
     arm.servo_joints(sent) / gripper.command     the arm's 125 Hz loop interpolates to it
@@ -75,6 +75,7 @@ class Observation:
     step: int
     time_s: float  # clock time of this tick
     plan_progress: PlanProgress | None = None  # set by chunk execution when it asks for the next chunk
+    wrist: CameraFrame | None = None  # the wrist camera's newest frame (hardware.yaml cameras.wrist), if any
 
 
 @dataclass(frozen=True)
@@ -178,8 +179,10 @@ class ControlLoop:
                 steps += 1
                 late_ticks += late
                 frame, arm_state, gripper_state = self.robot.observe_parts()
+                wrist = self._wrist_frame()
                 observed_s = clock.now_s()
-                observation = Observation(frame, arm_state, gripper_state, instruction, steps - 1, tick_s)
+                observation = Observation(frame, arm_state, gripper_state, instruction, steps - 1, tick_s,
+                                          wrist=wrist)
                 output = execution.act(observation, watchdog.stop_due_s())
                 status, sent = self._apply(output, observation, watchdog)
                 timing = step_timing(frame, observed_s, clock.now_s() if sent is not None else math.nan,
@@ -204,6 +207,10 @@ class ControlLoop:
         for subscriber in self.subscribers:
             subscriber.on_episode_end(result)
         return result
+
+    def _wrist_frame(self) -> CameraFrame | None:
+        camera = getattr(self.robot, "wrist_camera", None)  # robot.factory.Robot with cameras.wrist
+        return None if camera is None else camera.latest()
 
     def _await_frame_received_after(self, time_s: float) -> None:
         """Wait (at most one frame period in practice) until the camera's newest frame postdates ``time_s``."""

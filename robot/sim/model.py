@@ -26,6 +26,7 @@ ARM_JOINTS = tuple(f"joint{i + 1}" for i in range(NUM_JOINTS))
 FINGER_JOINTS = ("finger_left", "finger_right")
 TCP_SITE = "tcp"
 CAMERA = "scene_camera"
+WRIST_CAMERA = "wrist_camera"  # on link6 (the flange frame), present when hardware.yaml sets cameras.wrist
 BOX_BODY = "box"
 TABLE_GEOM = "table"
 ROBOT_BODY_PREFIX = "link"
@@ -74,13 +75,14 @@ def _quat_from_matrix(rot: np.ndarray) -> np.ndarray:
     return quat
 
 
-def _look_at_axes(pos_mm, lookat_mm) -> np.ndarray:
-    """MuJoCo camera xyaxes: x to the image right, y to the image top, looking along -z."""
+def _look_at_axes(pos_mm, lookat_mm, up=(0.0, 0.0, 1.0),
+                  parallel: str = "sim.camera_pos_mm is straight above sim.camera_lookat_mm") -> np.ndarray:
+    """MuJoCo camera xyaxes: x to the image right, y to the image top (towards ``up``), looking along -z."""
     forward = np.asarray(lookat_mm, float) - np.asarray(pos_mm, float)
     forward /= np.linalg.norm(forward)
-    right = np.cross(forward, [0.0, 0.0, 1.0])
+    right = np.cross(forward, np.asarray(up, float))
     if np.linalg.norm(right) < 1e-6:
-        raise ValueError("sim.camera_pos_mm is straight above sim.camera_lookat_mm; tilt the camera a little")
+        raise ValueError(f"{parallel}; tilt the camera a little")
     right /= np.linalg.norm(right)
     up = np.cross(right, forward)
     return np.concatenate([right, up])
@@ -92,9 +94,30 @@ def camera_fovy_deg(config) -> float:
     MuJoCo fixes a camera's vertical FOV; deriving it from the horizontal one keeps the D455's wide view
     whatever colour resolution (4:3 or 16:9) is configured.
     """
-    color = config.camera.color
-    half_h = math.tan(math.radians(config.sim.camera_hfov_deg) / 2.0)
+    return _fovy_deg(config.sim.camera_hfov_deg, config.camera.color)
+
+
+def wrist_camera_fovy_deg(config) -> float:
+    """Vertical field of view of the wrist camera (``cameras.wrist.hfov_deg`` across its colour width)."""
+    wrist = config.cameras.wrist
+    return _fovy_deg(wrist.hfov_deg, wrist.color)
+
+
+def _fovy_deg(hfov_deg: float, color) -> float:
+    half_h = math.tan(math.radians(hfov_deg) / 2.0)
     return rad_to_deg(2.0 * math.atan(half_h * color.height / color.width))
+
+
+def _wrist_camera(config) -> str:
+    """The wrist camera in the flange frame (link6), its image top towards the flange's +x (the camera's side)."""
+    wrist = config.cameras.wrist
+    if wrist is None:
+        return ""
+    xyaxes = _look_at_axes(wrist.mount_pos_mm, wrist.lookat_mm, up=(1.0, 0.0, 0.0),
+                           parallel="cameras.wrist.lookat_mm lies straight along the flange x axis from mount_pos_mm")
+    pos = mm_to_m(np.asarray(wrist.mount_pos_mm, float))
+    return (f'<camera name="{WRIST_CAMERA}" pos="{_fmt(pos)}" xyaxes="{_fmt(xyaxes)}" '
+            f'fovy="{wrist_camera_fovy_deg(config):.5f}"/>')
 
 
 def _link_geoms(i: int) -> str:
@@ -161,7 +184,7 @@ def _arm(config) -> str:
       {_link_geoms(i)}"""
         close += "\n    </body>"
     gripper = _gripper(config.robot.tcp_offset_mm, config.gripper.stroke_mm, dims)
-    return body + gripper + close
+    return body + gripper + _wrist_camera(config) + close
 
 
 def _actuators(config) -> str:
@@ -248,8 +271,9 @@ def build_mjcf(config) -> str:
                          f"Remove them from hardware.yaml scene.objects for the sim backend.")
     cam_pos = mm_to_m(np.asarray(config.sim.camera_pos_mm, float))
     xyaxes = _look_at_axes(config.sim.camera_pos_mm, config.sim.camera_lookat_mm)
-    offwidth = max(1280, config.camera.color.width, config.camera.depth.width)
-    offheight = max(720, config.camera.color.height, config.camera.depth.height)
+    wrist = config.cameras.wrist.color if config.cameras.wrist is not None else config.camera.color
+    offwidth = max(1280, config.camera.color.width, config.camera.depth.width, wrist.width)
+    offheight = max(720, config.camera.color.height, config.camera.depth.height, wrist.height)
     mesh_assets, object_bodies = _objects(sorted(config.scene.objects))
     return f"""<mujoco model="minicobo_twin">
   <compiler angle="radian" autolimits="true"/>

@@ -20,7 +20,8 @@ Z16_MAX_MM = 65535
 
 
 class CameraRenderer:
-    """Renders the model's fixed camera ``camera_name`` with shadows and anti-aliasing off."""
+    """Renders the model's fixed camera ``camera_name`` (or another of its cameras, named per render) with shadows
+    and anti-aliasing off."""
 
     def __init__(self, model, camera_name: str) -> None:
         import mujoco
@@ -30,9 +31,8 @@ class CameraRenderer:
         self.model = model
         self._camera = mujoco.MjvCamera()
         self._camera.type = mujoco.mjtCamera.mjCAMERA_FIXED
-        self._camera.fixedcamid = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_CAMERA, camera_name)
-        if self._camera.fixedcamid < 0:
-            raise ValueError(f"the model has no camera named {camera_name!r}")
+        self._camera_name = camera_name
+        self._camera.fixedcamid = self._camera_id(camera_name)
         self.max_width, self.max_height = model.vis.global_.offwidth, model.vis.global_.offheight
         model.vis.quality.offsamples = 0  # anti-aliasing off: several times faster on llvmpipe
         self._option = mujoco.MjvOption()
@@ -52,9 +52,16 @@ class CameraRenderer:
     def _gl_current(self):
         return self._gl.as_current()
 
-    def render(self, data, physics_lock, width: int, height: int,
-               depth: bool) -> tuple[np.ndarray, np.ndarray | None]:
-        """RGB uint8 (H, W, 3) and, if asked, z16 depth uint16 (H, W) in mm (0 = no return) of ``data``.
+    def _camera_id(self, camera_name: str) -> int:
+        camera_id = self._mujoco.mj_name2id(self.model, self._mujoco.mjtObj.mjOBJ_CAMERA, camera_name)
+        if camera_id < 0:
+            raise ValueError(f"the model has no camera named {camera_name!r}")
+        return camera_id
+
+    def render(self, data, physics_lock, width: int, height: int, depth: bool,
+               camera_name: str | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+        """RGB uint8 (H, W, 3) and, if asked, z16 depth uint16 (H, W) in mm (0 = no return) of ``data``, seen by
+        ``camera_name`` (default: the renderer's camera).
 
         The state is copied into the render scene under ``physics_lock`` (a few hundred us); the
         rasterisation itself runs without it, so physics is not held up by a render.
@@ -66,7 +73,9 @@ class CameraRenderer:
         rect = mujoco.MjrRect(0, 0, width, height)
         rgb = np.empty((height, width, 3), dtype=np.uint8)
         zbuf = np.empty((height, width), dtype=np.float32) if depth else None
+        camera_id = self._camera_id(camera_name or self._camera_name)
         with self._render_lock:
+            self._camera.fixedcamid = camera_id
             with physics_lock:
                 mujoco.mjv_updateScene(self.model, data, self._option, None, self._camera,
                                        mujoco.mjtCatBit.mjCAT_ALL, self._scene)

@@ -348,9 +348,10 @@ class Twin:
     def _render_size(self, width: int | None, height: int | None) -> tuple[int, int]:
         return width or self.config.camera.color.width, height or self.config.camera.color.height
 
-    def render(self, width: int | None = None, height: int | None = None,
-               depth: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
-        """Colour (H, W, 3) uint8 and, if ``depth``, z16 depth (H, W) uint16 mm from one render pass."""
+    def render(self, width: int | None = None, height: int | None = None, depth: bool = False,
+               camera: str = sim_model.CAMERA) -> tuple[np.ndarray, np.ndarray | None]:
+        """Colour (H, W, 3) uint8 and, if ``depth``, z16 depth (H, W) uint16 mm from one render pass of ``camera``
+        (the scene camera, or ``sim_model.WRIST_CAMERA``)."""
         width, height = self._render_size(width, height)
         if self._renderer is None:  # created outside the lock: it takes ~0.5 s, physics keeps running
             renderer = CameraRenderer(self.model, sim_model.CAMERA)
@@ -359,7 +360,7 @@ class Twin:
                     self._renderer = renderer
             if self._renderer is not renderer:
                 renderer.close()
-        return self._renderer.render(self.data, self.lock, width, height, depth)
+        return self._renderer.render(self.data, self.lock, width, height, depth, camera)
 
     def render_color(self, width: int | None = None, height: int | None = None) -> np.ndarray:
         return self.render(width, height)[0]
@@ -376,6 +377,21 @@ class Twin:
         if depth_profile.enabled and not same_size:
             depth = self.render(depth_profile.width, depth_profile.height, depth=True)[1]
         return color, depth
+
+    def wrist_frames(self) -> tuple[np.ndarray, None]:
+        """The wrist camera's colour image at ``cameras.wrist.color``'s size (no depth: it streams colour only)."""
+        wrist = self._wrist_config()
+        return self.render(wrist.color.width, wrist.color.height, camera=sim_model.WRIST_CAMERA)[0], None
+
+    def wrist_intrinsics(self) -> Intrinsics:
+        """Pinhole intrinsics of the wrist camera's colour images."""
+        wrist = self._wrist_config()
+        return pinhole_intrinsics(wrist.color.width, wrist.color.height, sim_model.wrist_camera_fovy_deg(self.config))
+
+    def _wrist_config(self):
+        if self.config.cameras.wrist is None:
+            raise ValueError("this twin has no wrist camera: set cameras.wrist in hardware.yaml")
+        return self.config.cameras.wrist
 
     def depth_intrinsics(self) -> Intrinsics:
         """Intrinsics of the depth images of :meth:`camera_frames` (same camera, depth profile size)."""

@@ -15,6 +15,8 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 SMALL = {"camera.color.width": 64, "camera.color.height": 48, "camera.color.fps": 10,
          "camera.depth.enabled": False, "camera.depth.width": 64, "camera.depth.height": 48,
          "camera.depth.fps": 10}
+# A small wrist camera (cameras.wrist), one frame per control tick.
+SMALL_WRIST = {"cameras.wrist": {"color": {"width": 64, "height": 48, "fps": 10}}}
 
 
 def small_config(**overrides: object):
@@ -55,6 +57,9 @@ def value_of(step: Step, name: str):
     """What the store should hold for ``name`` at ``step`` (independent of collect/recorder.py's code)."""
     o: Observation = step.observation
     held = step.sent is None
+    if name.startswith("wrist_"):  # the wrist camera's frame, as the loop observed it
+        return {"wrist_color": o.wrist.color, "wrist_color_timestamp_s": o.wrist.timestamp_s,
+                "wrist_color_frame_number": o.wrist.frame_number}[name]
     return {
         "color": o.frame.color, "depth_mm": o.frame.depth_mm, "timestamp_s": o.time_s,
         "color_timestamp_s": o.frame.timestamp_s, "color_frame_number": o.frame.frame_number,

@@ -18,7 +18,7 @@ from robot.factory import open_robot
 from robot.runtime import AgentOutput, ControlLoop, EpisodeStatus, Event, Observation
 from robot.safety import Command
 from robot.scene import SceneSpec
-from tests.collect.record_testing import Keeper, small_config
+from tests.collect.record_testing import SMALL_WRIST, Keeper, small_config
 
 
 class ScriptAgent:
@@ -226,3 +226,33 @@ def test_contradictory_options_are_refused_before_anything_opens(tmp_path, kwarg
     with pytest.raises(ValueError, match=message):
         RecordingSession(small_config(), _options(tmp_path, **kwargs))
     assert not (tmp_path / "demos.zarr").exists()
+
+
+def test_the_wrist_camera_is_recorded_as_its_own_image_key_and_read_back(tmp_path):
+    """cameras.wrist: a second software RealSense rendering the flange camera, recorded as wrist_color."""
+    config = small_config(**SMALL_WRIST)
+    schema = recording_schema(config)
+    assert schema.keys["wrist_color"].shape == (48, 64, 3) and "wrist_color_timestamp_s" in schema.keys
+    assert "wrist_color" not in recording_schema(small_config()).keys  # stores without it keep their keys
+    with open_robot(config, "sim", seed=5) as robot:
+        assert robot.wrist_camera.serial != robot.camera.serial
+        robot.twin.reset_scene()
+        store = EpisodeStore.create(tmp_path / "demos.zarr", recording_schema(config, robot.camera.intrinsics))
+        recorder, keeper = EpisodeRecorder(store), Keeper()
+        result = _loop(robot, recorder, keeper).run_episode(ScriptAgent(), "put the red cube into the box", 10.0)
+        assert result.status == EpisodeStatus.COMPLETED and recorder.last_outcome.saved
+        store.close()
+    with EpisodeStore.open(tmp_path / "demos.zarr") as reader:
+        episode = reader.read_episode(0)
+        for key in ("wrist_color", "wrist_color_timestamp_s", "wrist_color_frame_number", "color"):
+            np.testing.assert_array_equal(episode[key], keeper.column(key).astype(reader.schema.keys[key].dtype),
+                                          err_msg=key)
+    wrist, scene = episode["wrist_color"], episode["color"]
+    assert len(set(episode["wrist_color_frame_number"].tolist())) >= 22  # a fresh wrist frame each tick
+    # The camera rides on the flange: its view changes as the arm moves down, and it is not the scene camera's.
+    assert np.abs(wrist[5].astype(int) - wrist[0].astype(int)).mean() > 1.0
+    assert np.abs(wrist[0].astype(int) - scene[0].astype(int)).mean() > 10.0
+    # a store recorded with the wrist camera cannot be resumed without it
+    with EpisodeStore.open(tmp_path / "demos.zarr") as reader, pytest.raises(IncompatibleStoreError,
+                                                                             match="wrist_color"):
+        reader.check_compatible(recording_schema(small_config(), robot.camera.intrinsics))

@@ -34,6 +34,11 @@ def test_tasks_lists_and_previews_trials(capsys):
     (["--policy-latency-ms", "100+-150"], "may not exceed the mean"),
     (["--max-action-age-ms", "0"], "--max-action-age-ms must be > 0"),
     (["--policy", "scripted-expert", "--execution", "chunk", "--chunk-steps", "0"], "--chunk-steps must be >= 1"),
+    (["--open-loop-steps", "8"], "--open-loop-steps 8: needs --execution chunk"),
+    (["--policy", "scripted-expert", "--execution", "chunk", "--open-loop-steps", "0"], "N >= 1"),
+    (["--ensemble-decay", "0.01"], "--ensemble-decay 0.01: needs --execution chunk"),
+    (["--policy", "scripted-expert", "--execution", "chunk", "--ensemble-decay", "0.1", "--open-loop-steps", "8"],
+     "no --open-loop-steps"),
 ])
 def test_run_refuses_bad_input_with_one_message(tmp_path, capsys, argv, message):
     base = {"--backend": "sim", "--policy": "random", "--tasks": "task1", "--trials": "1", "--out": str(tmp_path / "r")}

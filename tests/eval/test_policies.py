@@ -12,6 +12,8 @@ import pytest
 from eval_protocols.launch import RunOptions, run_evaluation
 from eval_protocols.results import RUN_FILE, RunDirError, RunStore
 from eval_protocols.task_spec import resolve_tasks
+from robot.execution import ExecutionConfig
+from robot.injected_latency import LatencySpec
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -88,3 +90,34 @@ def test_a_checkpoint_swapped_behind_the_url_mid_run_is_not_scored(tmp_path, har
     finally:
         servers[0].stop()
     assert [r["trial"] for r in RunStore.read(run_dir).records()] == [0]
+
+
+def test_a_chunk_checkpoint_runs_its_chunks_open_loop_unless_told_otherwise(tmp_path, hardware_config, task_file):
+    """An OpenVLA-OFT checkpoint (K = 8) evaluated without --execution runs in chunk mode, K steps per request."""
+    from policy.tiny import build_tiny
+    from tests.policy.server_testing import GENTLE_STATS
+    from tests.policy.test_oft_serving import PROPRIO_STATS
+
+    model_dir = build_tiny(tmp_path / "oft", preset="test-oft", seed=3,
+                           norm_stats={"jaka_sim": {"action": GENTLE_STATS, "proprio": PROPRIO_STATS}})
+    tasks = resolve_tasks(str(task_file(name="brief", max_duration_s=2)), hardware_config.scene)
+    progress = run_evaluation(hardware_config, RunOptions("sim", str(model_dir), tasks, 1, 0, tmp_path / "run",
+                                                          threads=1))
+    assert progress["brief"]["scored"] == 1
+    execution = json.loads((tmp_path / "run" / RUN_FILE).read_text())["execution"]
+    assert execution["mode"] == "chunk" and execution["open_loop_steps"] == 8
+    (record,) = RunStore.read(tmp_path / "run").records()
+    summary = record["summary"]
+    assert summary["answers_received"] == 3 and summary["actions_received"] == summary["commands_sent"] == 20
+    # --execution sync asks every tick and runs the first step of each chunk; without --execution, an injected latency
+    # keeps the chunk checkpoint's own mode
+    progress = run_evaluation(hardware_config, RunOptions("sim", str(model_dir), tasks, 1, 0, tmp_path / "latency",
+                                                          threads=1, mode_from_policy=True,
+                                                          execution=ExecutionConfig("sync", LatencySpec(300))))
+    execution = json.loads((tmp_path / "latency" / RUN_FILE).read_text())["execution"]
+    assert execution["mode"] == "chunk" and execution["open_loop_steps"] == 8
+    assert execution["policy_latency_ms"] == "300"
+    progress = run_evaluation(hardware_config, RunOptions("sim", str(model_dir), tasks, 1, 0, tmp_path / "sync",
+                                                          threads=1, execution=ExecutionConfig("sync")))
+    (record,) = RunStore.read(tmp_path / "sync").records()
+    assert record["summary"]["answers_received"] == record["summary"]["actions_received"] == 20

@@ -66,6 +66,26 @@ def test_overrides_are_validated(hardware_config):
         hardware_config.with_overrides({"camera.colour.fps": 15})
 
 
+def test_the_wrist_camera_is_optional_and_checked(hardware_config):
+    assert hardware_config.cameras.wrist is None  # the repository's file: one camera
+    wrist = hardware_config.with_overrides({"cameras.wrist": {"serial": "123"}}).cameras.wrist
+    assert (wrist.color.width, wrist.color.height, wrist.color.fps) == (424, 240, 15)
+    camera = wrist.as_camera_config()
+    assert camera.serial == "123" and not camera.depth.enabled and camera.color == wrist.color
+    with pytest.raises(ConfigError, match=r"cameras\.wrist\.colour: unknown key"):
+        hardware_config.with_overrides({"cameras.wrist": {"colour": {}}})
+    with pytest.raises(ConfigError, match="its own serial"):
+        hardware_config.with_overrides({"camera.serial": "7", "cameras.wrist": {"serial": "7"}})
+    with pytest.raises(ConfigError, match="looks nowhere"):
+        hardware_config.with_overrides({"cameras.wrist": {"mount_pos_mm": [0, 0, 9], "lookat_mm": [0, 0, 9]}})
+    # At the robot, two RealSense devices are told apart by serial only: refused before anything connects.
+    from robot.errors import RobotError
+    from robot.factory import open_robot
+
+    with pytest.raises(RobotError, match="give both RealSense serials"):
+        open_robot(hardware_config.with_overrides({"cameras.wrist": {"serial": "123"}}), "real")
+
+
 def test_cli_config_command_exit_codes(tmp_path, capsys):
     assert main(["robot", "config", "--config", str(REPO_ROOT / "hardware.yaml")]) == 0
     bad = _write(tmp_path, lambda d: d["gripper"].update(io_type="flange"))

@@ -156,3 +156,28 @@ def test_quick_sweep_with_two_training_seeds_pools_them_and_tests_by_seed(quick_
     assert (sweep / "cells" / "n3-a0.05-seed1" / "train" / "final" / "fanvla.json").is_file()
     assert (sweep / "init-vision-3-seed1" / "config.json").is_file()
     assert (sweep / "sweep.csv").read_text().count("\n") == 3  # pooled rows
+
+
+def test_quick_oft_demo_on_the_demo_recordings_trains_chunk_policies_and_runs_them_open_loop(quick_demo, tmp_path):
+    """``fanvla demo --model oft`` on the same recordings and initialisation: OpenVLA-OFT + SFT and + FAN-SFT,
+    served and evaluated on the four tasks, each chunk run open loop for its K steps."""
+    out, _, _ = quick_demo
+    oft = tmp_path / "oft"
+    stores = [str(p) for p in sorted(out.glob("demos-*.zarr"))]
+    result = _fanvla("demo", "--quick", "--model", "oft", "--chunk", "4", "--out", str(oft), "--data", *stores,
+                     "--init", str(out / "init-vision"))
+    assert "nothing to record" in result.stdout and not list(oft.glob("demos-*.zarr"))
+    summary = json.loads((oft / "demo.json").read_text())
+    assert summary["model"] == {"model": "oft", "chunk": 4, "proprio": True, "wrist": False}
+    for method in ("sft", "fan-sft"):
+        trained = json.loads((oft / f"train-{method}" / "final" / "fanvla.json").read_text())
+        assert trained["chunk_size"] == 4 and trained["oft"]["use_proprio"] and trained["state_dim"] == 13
+        assert trained["training_config"]["init"] == str(out / "init-vision")
+        run = RunStore.read(oft / f"eval-{method}")
+        manifest = json.loads((oft / f"eval-{method}" / "run.json").read_text())
+        assert manifest["execution"]["mode"] == "chunk" and manifest["execution"]["open_loop_steps"] == 4
+        for task in TASKS:
+            for record in run.records(task):  # at most one prediction per chunk of 4 ticks
+                assert 1 <= record["summary"]["answers_received"] <= -(-record["episode"]["steps"] // 4)
+    table = (oft / "report" / "README.md").read_text()
+    assert "OpenVLA-OFT-tiny + SFT" in table and "OpenVLA-OFT-tiny + FAN-SFT" in table

@@ -106,7 +106,10 @@ def json_array(array: np.ndarray) -> dict:
     ({"image": json_array(rgb(8, 8)), "instruction": "\ud800 lone surrogate"}, "instruction", "not valid Unicode"),
     ({"image": json_array(rgb(8, 8).astype("<f8")), "instruction": "x"}, "image", "RGB uint8"),
     ({"image": json_array(rgb(8, 8))}, "instruction", "missing"),
-    ({"image": json_array(rgb(8, 8)), "instruction": "x", "state": [1, 2]}, "", "unknown fields ['state']"),
+    ({"image": json_array(rgb(8, 8)), "instruction": "x", "proprio": [1, 2]}, "", "unknown fields ['proprio']"),
+    ({"image": json_array(rgb(8, 8)), "instruction": "x", "state": [1, 2]}, "state", "numeric array"),
+    ({"image": json_array(rgb(8, 8)), "instruction": "x", "wrist_image": json_array(rgb(8, 8))}, "wrist_image",
+     "one camera"),
     ({"image": [[1, 2, 3]], "instruction": "x"}, "image", "got list"),
     ({"encoded": 5}, "encoded", "double-encoded"),
 ])

@@ -40,11 +40,12 @@ def robot(hardware_config):
 
 
 def run(robot, agent, mode, latency_ms: float = 0.0, duration_s: float = 3.0, max_age_s: float | None = None,
-        blend_steps: int = 0):
+        blend_steps: int = 0, open_loop_steps: int | None = None, ensemble_decay: float | None = None):
     robot.twin.reset_scene(robot.scene)
     keeper = Keeper()
     safety = robot.config.safety
-    execution = ExecutionConfig(mode, LatencySpec(latency_ms), max_age_s, chunk_blend_steps=blend_steps)
+    execution = ExecutionConfig(mode, LatencySpec(latency_ms), max_age_s, chunk_blend_steps=blend_steps,
+                                open_loop_steps=open_loop_steps, ensemble_decay=ensemble_decay)
     loop = ControlLoop(robot, 1.0 / PERIOD_S, safety.watchdog_hold_s, safety.watchdog_stop_s, [keeper],
                        execution=execution)
     result = loop.run_episode(agent, "move along x", max_duration_s=duration_s)
@@ -119,6 +120,29 @@ def test_chunk_runs_steps_open_loop_and_switches_chunks_where_the_arm_is(robot):
     assert progress[0] is None and all(p is not None for p in progress[1:])
 
 
+@pytest.mark.parametrize("latency_ms", [0.0, LATENCY_S * 1000])
+def test_open_loop_chunks_ask_once_per_chunk_after_its_steps_were_sent(robot, latency_ms):
+    """OpenVLA-OFT's setting: the K steps of a chunk run open loop, the next chunk is asked for after them."""
+    agent = StepAgent(chunk=6)
+    result, keeper = run(robot, agent, ExecutionMode.CHUNK, latency_ms=latency_ms, duration_s=3.0,
+                         open_loop_steps=6)
+    assert result.status == EpisodeStatus.TIMEOUT
+    assert_never_replayed(keeper, PERIOD_S, robot.config.safety.watchdog_hold_s, TOLERANCE_S)
+    assert_each_command_steps_from_the_measured_tcp(keeper)
+    sent = sent_steps(keeper)
+    indices = [s.agent_info["exec_chunk_index"] for s in sent]
+    assert indices == [i % 6 for i in range(len(indices))]  # every chunk runs whole, from its first step
+    # Each request is the tick after the chunk before it has sent its last step (the first: the episode's start).
+    asked = [o.step for o in agent.asked]
+    last_steps = [s.observation.step for s in sent if s.agent_info["exec_chunk_index"] == 5]
+    assert asked[0] == 0 and asked[1:] == [step + 1 for step in last_steps][:len(asked) - 1]
+    if latency_ms == 0:  # lock-step: the answer comes at once, a command every tick, 30 ticks, 5 requests
+        assert len(keeper.steps) == 30 and all(s.sent is not None for s in keeper.steps) and len(asked) == 5
+    else:  # the arm holds while the next chunk is computed and runs it as it arrives: K periods + the latency each
+        times = [s.observation.time_s for s in sent if s.agent_info["exec_chunk_index"] == 0]
+        assert len(times) >= 3 and np.allclose(np.diff(times), 6 * PERIOD_S + LATENCY_S)
+
+
 class GrowingSteps:
     """Chunks of 6 equal x steps; the n-th answer's steps are n + 1 mm long."""
 
@@ -151,6 +175,39 @@ def test_a_new_chunk_can_be_cross_faded_into_the_old_one(robot):
                                              abs=1e-3) for i in switches)
     unblended = [i for i in range(2, len(sent)) if sources[i] == sources[i - 1] == sources[i - 2] and not clamped[i]]
     assert unblended and all(moves[i] == pytest.approx(size[sources[i]], abs=1e-3) for i in unblended)
+
+
+@pytest.mark.parametrize("decay", [0.0, 0.5])
+def test_temporal_ensembling_runs_the_weighted_mean_of_every_plan_for_the_tick(robot, decay):
+    """Asked every tick, the n-th answer planning 6 steps of n mm: tick t runs the mean of the steps the chunks of
+    ticks t-5 .. t planned for it, weighted exp(-decay * j) from the oldest (ACT's temporal ensembling)."""
+    _, keeper = run(robot, GrowingSteps(), ExecutionMode.CHUNK, duration_s=1.5, ensemble_decay=decay)
+    sent = sent_steps(keeper)
+    assert len(sent) == len(keeper.steps) == 15
+    for step in sent:
+        tick = step.observation.step
+        sizes = np.arange(max(0, tick - 5), tick + 1) + 1.0  # the answer asked at tick s has steps of s + 1 mm
+        weights = np.exp(-decay * np.arange(len(sizes)))
+        expected = float(np.dot(weights, sizes) / weights.sum())
+        assert step.agent_info["exec_ensemble_size"] == len(sizes)
+        assert step.agent_info["exec_source_step"] == tick and step.agent_info["exec_chunk_index"] == 0
+        if not step.sent.clamped:
+            assert float(step.sent.tcp_pose[0] - step.observation.arm.tcp_pose[0]) == pytest.approx(expected, abs=1e-3)
+    assert sum(not s.sent.clamped for s in sent) >= 12
+
+
+def test_temporal_ensembling_with_latency_steps_from_the_measured_state(robot):
+    agent = StepAgent(chunk=6)
+    result, keeper = run(robot, agent, ExecutionMode.CHUNK, latency_ms=LATENCY_S * 1000, ensemble_decay=0.1)
+    assert result.status == EpisodeStatus.TIMEOUT
+    assert_each_command_steps_from_the_measured_tcp(keeper)  # every plan's step is one STEP_MM: so is their mean
+    sent = sent_steps(keeper)
+    first = next(i for i, s in enumerate(keeper.steps) if s.sent is not None)
+    assert all(s.sent is not None for s in keeper.steps[first:] if not s.in_motion)  # a command every period
+    assert max(s.agent_info["exec_ensemble_size"] for s in sent) >= 2  # overlapping chunks were averaged
+    for step in sent:  # no plan's step is used past the age bound
+        assert step.agent_info["exec_action_age_s"] - step.agent_info["exec_chunk_index"] * PERIOD_S <= \
+            robot.config.safety.watchdog_hold_s + 1e-9
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -229,3 +286,13 @@ def test_execution_config_refuses_bad_values():
         ExecutionConfig(ExecutionMode.ASYNC, max_action_age_s=0.0)
     assert ExecutionConfig("chunk", LatencySpec(150, 30)).describe(0.35) == {
         "mode": "chunk", "policy_latency_ms": "150+-30", "max_action_age_s": 0.35, "chunk_blend_steps": 0}
+    assert ExecutionConfig("chunk", open_loop_steps=8).describe(0.35)["open_loop_steps"] == 8
+    with pytest.raises(ValueError, match="open_loop_steps"):
+        ExecutionConfig("chunk", open_loop_steps=0)
+    with pytest.raises(ValueError, match="settings of chunk execution"):
+        ExecutionConfig("sync", ensemble_decay=0.1)
+    with pytest.raises(ValueError, match="excludes open_loop_steps"):
+        ExecutionConfig("chunk", ensemble_decay=0.1, open_loop_steps=8)
+    with pytest.raises(ValueError, match="ensemble_decay must be >= 0"):
+        ExecutionConfig("chunk", ensemble_decay=-1.0)
+    assert ExecutionConfig("chunk", ensemble_decay=0.01).describe(0.35)["ensemble_decay"] == 0.01
