@@ -33,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np
 import torch
+from finetune_step_bench import one_step  # bench/: the same timed training step
 
 from finetune.model_kind import ChunkLossStep
 from policy.action_space import action_space
@@ -153,21 +154,13 @@ def training(preset: str, batch_size: int, repeats: int) -> float:
     steps = {method: ChunkLossStep(model, method, 0.05, 0.05, stats, spec, torch.device("cpu"), bf16=False)
              for method in ("sft", "fan-sft")}
 
-    def one_step(step) -> float:
-        started = time.perf_counter()
-        result = step(model, batch)
-        result.loss.total.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        return time.perf_counter() - started
-
     for step in steps.values():
-        one_step(step)  # warm-up
+        one_step(step, model, optimizer, batch)  # warm-up
     times: dict[str, list[float]] = {method: [] for method in steps}
     methods = list(steps)
     for repeat in range(repeats):
         for method in methods[repeat % 2:] + methods[:repeat % 2]:
-            times[method].append(one_step(steps[method]))
+            times[method].append(one_step(steps[method], model, optimizer, batch))
     medians = {method: statistics.median(values) for method, values in times.items()}
     print(f"3. OFT training step, preset {preset}-oft (K = {chunk}, {chunk * 7} action tokens), batch {batch_size}, "
           f"{repeats} steps each (medians)")

@@ -58,7 +58,7 @@ def make_step(seed: int, t: int, schema: StoreSchema) -> dict[str, object]:
         if spec.is_image:
             high = 256 if spec.dtype == "uint8" else 4000
             step[key] = rng.integers(0, high, spec.shape, dtype=spec.dtype)
-    return step
+    return {key: value for key, value in step.items() if key in schema.keys}  # a store of older keys has fewer
 
 
 def episode_meta(seed: int) -> dict[str, object]:
