@@ -74,7 +74,8 @@ class EpisodeOutcome:
     meta: Mapping[str, Any] = field(default_factory=dict)
 
 
-def _seconds(value: Any) -> float:
+def seconds_or_nan(value: Any) -> float:
+    """A duration as a float, NaN where it is missing or not finite (the store's "unknown")."""
     return float(value) if isinstance(value, int | float) and math.isfinite(value) else math.nan
 
 
@@ -102,7 +103,7 @@ def step_record(step: Step, record_depth: bool, record_wrist: bool = False) -> d
         "command_gripper": np.float32(gripper.command if command_gripper is None else command_gripper),
         "command_clamped": bool(sent is not None and sent.clamped),
         "command_held": sent is None,
-        **{key: _seconds(step.timing.get(key)) for key in TIMING_KEYS},
+        **{key: seconds_or_nan(step.timing.get(key)) for key in TIMING_KEYS},
     }
     if record_depth:
         if frame.depth_mm is None:

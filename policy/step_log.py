@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from collect.layout import utc_now_iso
+from collect.recorder import seconds_or_nan
 from collect.recorder import step_record as recording_row
 from collect.schema import WRIST_COLOR_KEY, KeySpec, StoreSchema, recording_schema
 from collect.store import EpisodeStore
@@ -62,10 +63,6 @@ def step_log_schema(config, intrinsics=None) -> StoreSchema:
                        noop=base.noop, camera_intrinsics=base.camera_intrinsics, hardware=base.hardware)
 
 
-def _seconds(value: Any) -> float:
-    return float(value) if isinstance(value, int | float) and math.isfinite(value) else math.nan
-
-
 def step_record(step: Step, record_wrist: bool = False) -> dict[str, Any]:
     """One store row for a control-loop step: the recorder's row (``collect.recorder.step_record``: while the arm
     holds, the command keys hold the hold target) plus ``POLICY_STEP_KEYS``."""
@@ -79,16 +76,16 @@ def step_record(step: Step, record_wrist: bool = False) -> dict[str, Any]:
         "command_sent": step.sent is not None,
         "watchdog": np.uint8(WATCHDOG_CODES[str(step.watchdog)]),
         "late": bool(step.late),
-        "policy_latency_s": _seconds(info.get("latency_s")),
-        "server_inference_s": _seconds(timing.get("inference_s")),
-        "server_total_s": _seconds(timing.get("total_s")),
+        "policy_latency_s": seconds_or_nan(info.get("latency_s")),
+        "server_inference_s": seconds_or_nan(timing.get("inference_s")),
+        "server_total_s": seconds_or_nan(timing.get("total_s")),
         "exec_in_motion": bool(step.in_motion),
         "exec_source_step": np.int32(info.get("exec_source_step", -1)),
         "exec_chunk_index": np.int32(info.get("exec_chunk_index", -1)),
-        "exec_action_age_s": _seconds(info.get("exec_action_age_s")),
-        "exec_answer_latency_s": _seconds(info.get("exec_answer_latency_s")),
-        "exec_injected_latency_s": _seconds(info.get("exec_injected_latency_s")),
-        "exec_wait_s": _seconds(info.get("exec_wait_s")),
+        "exec_action_age_s": seconds_or_nan(info.get("exec_action_age_s")),
+        "exec_answer_latency_s": seconds_or_nan(info.get("exec_answer_latency_s")),
+        "exec_injected_latency_s": seconds_or_nan(info.get("exec_injected_latency_s")),
+        "exec_wait_s": seconds_or_nan(info.get("exec_wait_s")),
     }
 
 
@@ -126,9 +123,9 @@ class EpisodeSummary:
         self.watchdog_holds += str(step.watchdog) == "hold"
         self.watchdog_stops += str(step.watchdog) == "stop"
         for key, values in (("latency_s", self.latencies_s), ("exec_answer_latency_s", self.answer_latencies_s)):
-            if math.isfinite(_seconds(info.get(key))):
+            if math.isfinite(seconds_or_nan(info.get(key))):
                 values.append(float(info[key]))
-        if step.sent is not None and math.isfinite(_seconds(info.get("exec_action_age_s"))):
+        if step.sent is not None and math.isfinite(seconds_or_nan(info.get("exec_action_age_s"))):
             self.action_ages_s.append(float(info["exec_action_age_s"]))
 
     def on_episode_end(self, result: EpisodeResult) -> None:
