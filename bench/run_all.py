@@ -1,7 +1,7 @@
 """Run every benchmark in bench/ and write their output into docs/benchmarks.md.
 
     python bench/run_all.py                # all benchmarks, rewrites docs/benchmarks.md
-    python bench/run_all.py sim_bench      # a subset (the other sections of the document are kept)
+    python bench/run_all.py sim_bench      # a subset (the other sections and the last full run's date are kept)
 
 Each benchmark prints its own figures and a ratio against a baseline it measures in the same run; this
 script only runs them one after another (never in parallel: they time the CPU) and records what they
@@ -83,11 +83,22 @@ def run(name: str, args: list[str]) -> tuple[str, float, int]:
 
 
 def section(name: str, output: str, seconds: float, code: int) -> str:
+    """One benchmark's part of the page, dated: a partial rerun refreshes only its own sections."""
     what, goal, args = {**BENCHMARKS, **ON_DEMAND}[name]
     command = " ".join(["python", f"bench/{name}.py", *args])
     status = "" if code == 0 else f"\n**The benchmark exited with code {code}.**\n"
-    return (f"## {name}\n\n{what}. Goal: {goal}.\n\n`{command}` ({seconds:.0f} s){status}\n\n"
+    return (f"## {name}\n\n{what}. Goal: {goal}.\n\n`{command}` ({seconds:.0f} s, {now_utc()}){status}\n\n"
             f"```\n{output}\n```\n")
+
+
+def now_utc() -> str:
+    return f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC"
+
+
+def previous_full_run() -> str:
+    """The header's "Last full run" line as the page has it (kept when only some benchmarks are rerun)."""
+    found = re.search(r"(?m)^Last (?:full )?run: (.*)$", DOC.read_text()) if DOC.exists() else None
+    return found.group(1) if found else "never"
 
 
 def machine() -> str:
@@ -126,10 +137,12 @@ def main() -> int:
         sections[name] = section(name, output, seconds, code)
         if code:
             failed.append(name)
+    full_run = f"{now_utc()} on {machine()}" if not args.names else previous_full_run()
     header = (f"# Benchmarks\n\nEvery script in `bench/` prints its figures and a ratio against a baseline it "
               f"measures in the same run. This page is written by `python bench/run_all.py` (`make bench`) from "
-              f"what they printed; rerun it to refresh.\n\nLast run: {datetime.now(UTC):%Y-%m-%d %H:%M} UTC on "
-              f"{machine()}. Timings on a shared 2-core machine are noisy; the ratios are the point.\n\n")
+              f"what they printed; rerun it to refresh (`python bench/run_all.py NAME` refreshes one section, "
+              f"dated in its command line).\n\nLast full run: {full_run}. Timings on a shared 2-core machine are "
+              f"noisy; the ratios are the point.\n\n")
     DOC.write_text(header + "\n".join(sections[name] for name in known if name in sections))
     print(f"wrote {DOC}")
     if failed:
