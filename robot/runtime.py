@@ -107,6 +107,8 @@ class Step:
     # No fresh command at this tick, but the last one is still under way (a tick between commands in async or
     # chunk execution): the arm was not stopped.
     in_motion: bool = False
+    # The agent's command was rejected by the safety layer (the arm held): its reasons; empty otherwise.
+    rejected_reasons: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -168,6 +170,7 @@ class ControlLoop:
         result: EpisodeResult | None = None
         steps = late_ticks = 0
         self._moving_until_s = -math.inf  # the last command sent is executed until then (one period)
+        self._rejected: tuple[str, ...] = ()  # why the safety layer refused the commands since the last one sent
         execution = start_execution(self.execution, agent, clock, self.period_s, self.hold_after_s,
                                     self.late_fraction * self.period_s)
         try:
@@ -188,10 +191,12 @@ class ControlLoop:
                 timing = step_timing(frame, observed_s, clock.now_s() if sent is not None else math.nan,
                                      getattr(self.robot, "latency", None))
                 in_motion = sent is None and status == "ok" and tick_s < self._moving_until_s - 1e-9
-                step = Step(observation, sent, status, output.info, late, timing=timing, in_motion=in_motion)
+                step = Step(observation, sent, status, output.info, late, timing=timing, in_motion=in_motion,
+                            rejected_reasons=self._rejected if sent is None and output.command is not None else ())
                 for subscriber in self.subscribers:
                     subscriber.on_step(step)
-                result = self._episode_end(output, status, steps, clock.now_s() - start_s, late_ticks, is_success)
+                result = self._episode_end(output, status, steps, clock.now_s() - start_s, late_ticks, is_success,
+                                           self._rejected)
                 if result is None:
                     tick_s, late = execution.wait_for_tick()
                     if tick_s - start_s >= max_duration_s - 1e-9:
@@ -229,8 +234,12 @@ class ControlLoop:
         if output.command is not None:
             sent = safety.filter(output.command, observation.arm, self.period_s)
             if sent.rejected:
-                sent = None
+                if not self._rejected:  # the first of a run of refusals; the end reason repeats the last one
+                    log.warning("safety layer rejected the command at step %d: %s", observation.step,
+                                "; ".join(sent.reasons))
+                self._rejected, sent = sent.reasons, None
             else:
+                self._rejected = ()
                 watchdog.feed()
         status = watchdog.status()
         if status == "ok" and sent is not None:
@@ -245,12 +254,14 @@ class ControlLoop:
 
     @staticmethod
     def _episode_end(output: AgentOutput, status: str, steps: int, elapsed_s: float, late_ticks: int,
-                     is_success: Callable[[], bool] | None) -> EpisodeResult | None:
+                     is_success: Callable[[], bool] | None, rejected: tuple[str, ...]) -> EpisodeResult | None:
         def end(kind: EpisodeStatus, reason: str) -> EpisodeResult:
             return EpisodeResult(kind, steps, elapsed_s, late_ticks, reason)
 
         if status == "stop":
-            return end(EpisodeStatus.ABORTED, "watchdog: no fresh command; arm stopped")
+            # An agent that answers but is refused is a different failure from a silent one: say which.
+            why = f" (the agent answered; the safety layer rejected it: {'; '.join(rejected)})" if rejected else ""
+            return end(EpisodeStatus.ABORTED, f"watchdog: no fresh command; arm stopped{why}")
         for event, kind in ((Event.QUIT, EpisodeStatus.QUIT), (Event.DISCARD, EpisodeStatus.DISCARDED),
                             (Event.SAVE, EpisodeStatus.COMPLETED), (Event.DONE, EpisodeStatus.COMPLETED)):
             if event in output.events:

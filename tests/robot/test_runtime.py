@@ -110,6 +110,35 @@ def test_nan_command_is_rejected_and_the_arm_holds(robot):
     assert collector.steps[2].sent is None and collector.steps[3].sent is not None
 
 
+class NaNAgent:
+    """Answers every tick, always with a NaN target: the safety layer refuses each one."""
+
+    def reset(self, instruction: str) -> None:
+        pass
+
+    def act(self, observation: Observation) -> AgentOutput:
+        target = observation.arm.tcp_pose.copy()
+        target[2] = np.nan
+        return AgentOutput(Command.to_pose(target, gripper=1.0))
+
+
+def test_an_agent_refused_by_the_safety_layer_is_stopped_and_the_reason_names_the_refusal(robot, caplog):
+    collector = Collector()
+    with caplog.at_level("WARNING", logger="robot.runtime"):
+        result = _loop(robot, collector).run_episode(NaNAgent(), "x", max_duration_s=20.0)
+    assert result.status == EpisodeStatus.ABORTED
+    assert result.reason.startswith("watchdog: no fresh command; arm stopped (the agent answered; the safety layer")
+    assert result.reason.endswith("rejected it: command contains NaN or inf)")
+    assert all(s.sent is None and s.rejected_reasons for s in collector.steps)
+    refusals = [r for r in caplog.records if "safety layer rejected" in r.getMessage()]
+    assert len(refusals) == 1  # once per run of refusals, not once per tick
+
+
+def test_a_silent_agent_is_not_reported_as_refused(robot):
+    result = _loop(robot, Collector()).run_episode(DescendAgent(ticks=1000, silent_after=5), "x", max_duration_s=20.0)
+    assert result.reason == "watchdog: no fresh command; arm stopped"
+
+
 def test_timeout_when_the_agent_never_finishes(robot):
     collector = Collector()
     result = _loop(robot, collector).run_episode(DescendAgent(ticks=10_000), "x", max_duration_s=1.0)
