@@ -98,7 +98,7 @@ def now_utc() -> str:
 def previous_full_run() -> str:
     """The header's "Last full run" line as the page has it (kept when only some benchmarks are rerun)."""
     found = re.search(r"(?m)^Last (?:full )?run: (.*)$", DOC.read_text()) if DOC.exists() else None
-    return found.group(1) if found else "never"
+    return found.group(1).split(". Timings on ")[0].rstrip(".") if found else "never"
 
 
 def machine() -> str:
