@@ -20,12 +20,9 @@ import argparse
 import json
 import logging
 import os
-import re
 import shutil
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -37,6 +34,7 @@ from eval_protocols.launch import RunOptions, run_evaluation
 from eval_protocols.task_spec import resolve_tasks
 from fanvla.config import load_hardware_config
 from fanvla.demo import DEMO_CAMERA
+from policy.serve_cli import start_serve_child
 
 
 def records(run_dir: Path) -> dict[tuple[str, int], dict]:
@@ -49,20 +47,6 @@ def evaluate(config, policy: str, task, trials: int, seed: int, out: Path, batch
     start = time.perf_counter()
     run_evaluation(config, options)
     return time.perf_counter() - start
-
-
-def start_server(checkpoint: str) -> tuple[subprocess.Popen, str]:
-    """``fanvla serve`` on a free loopback port, as the demo runs it; returns (process, url) once it is ready."""
-    from policy.serve_cli import READY_PREFIX
-
-    process = subprocess.Popen([sys.executable, "-m", "fanvla", "serve", "--checkpoint", checkpoint, "--port", "0",
-                                "--threads", "1", "--http-threads", "1"], stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    for line in process.stdout:
-        if line.startswith(READY_PREFIX):
-            threading.Thread(target=lambda: [None for _ in process.stdout], daemon=True).start()  # drain the pipe
-            return process, re.search(r"http://\S+", line).group(0)
-    raise RuntimeError(f"fanvla serve exited with {process.wait()} before it was ready")
 
 
 def random_demo_model(directory: Path) -> str:
@@ -94,7 +78,7 @@ def main() -> None:
     policy = args.policy or random_demo_model(scratch)
     server = None
     if args.serve:
-        server, policy = start_server(policy)
+        server, policy = start_serve_child(policy, "--threads", "1", "--http-threads", "1")
     print(f"policy {policy}; {len(tasks)} task(s) x {args.trials} trials; batch {args.batch}; torch threads "
           f"{args.threads}; load average {os.getloadavg()[0]:.1f}")
     totals = {"sequential": 0.0, "batched": 0.0}

@@ -17,7 +17,6 @@ the model's own speed. Printed: p50/p99 round trip and overhead per mode, and th
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import subprocess
 import sys
@@ -33,21 +32,15 @@ sys.path.insert(0, str(REPO_ROOT))
 
 from policy.client import PolicyClient  # noqa: E402
 from policy.protocol import encode_act_request  # noqa: E402
-from policy.serve_cli import READY_PREFIX  # noqa: E402
+from policy.serve_cli import start_serve_child  # noqa: E402
 from policy.wire import decode_openvla_reply, encode_json_numpy  # noqa: E402
 
 INSTRUCTION = "put the red cube into the box"
 
 
 def start_server(model_dir: Path) -> tuple[subprocess.Popen, str]:
-    process = subprocess.Popen([sys.executable, "-m", "fanvla", "serve", "--checkpoint", str(model_dir), "--port", "0",
-                                "--threads", "1", "--http-threads", "1"], cwd=REPO_ROOT,
-                               env={**os.environ, "PYTHONUNBUFFERED": "1"}, stdout=subprocess.PIPE,
-                               stderr=subprocess.DEVNULL, text=True)
-    for line in process.stdout:
-        if line.startswith(READY_PREFIX):
-            return process, re.search(r"http://\S+", line).group(0)
-    raise RuntimeError(f"fanvla serve exited with {process.wait()}")
+    return start_serve_child(model_dir, "--threads", "1", "--http-threads", "1", stderr=subprocess.DEVNULL,
+                             cwd=REPO_ROOT)
 
 
 def server_inference_s(response: requests.Response) -> float:

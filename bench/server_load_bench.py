@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import multiprocessing
 import os
-import re
 import socket
 import subprocess
 import sys
@@ -37,7 +36,7 @@ import numpy as np
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
-from policy.serve_cli import READY_PREFIX  # noqa: E402
+from policy.serve_cli import start_serve_child  # noqa: E402
 
 TOKEN = "bench-token-0123456789abcdef"
 INSTRUCTION = "put the red cube into the box"
@@ -45,15 +44,8 @@ PROBE_PERIOD_S = 0.05
 
 
 def start_server(model_dir: Path, token_file: Path, http_threads: int) -> tuple[subprocess.Popen, str]:
-    process = subprocess.Popen([sys.executable, "-m", "fanvla", "serve", "--checkpoint", str(model_dir), "--port", "0",
-                                "--threads", "1", "--http-threads", str(http_threads), "--token-file", str(token_file)],
-                               cwd=REPO_ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1"}, stdout=subprocess.PIPE,
-                               stderr=subprocess.DEVNULL, text=True)
-    for line in process.stdout:
-        if line.startswith(READY_PREFIX):
-            threading.Thread(target=lambda: [None for _ in process.stdout], daemon=True).start()  # keep it drained
-            return process, re.search(r"http://\S+", line).group(0)
-    raise RuntimeError(f"fanvla serve exited with {process.wait()}")
+    return start_serve_child(model_dir, "--threads", "1", "--http-threads", str(http_threads), "--token-file",
+                             str(token_file), stderr=subprocess.DEVNULL, cwd=REPO_ROOT)
 
 
 def rss_mb(pid: int) -> float:

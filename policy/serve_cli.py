@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import os
+import re
+import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +18,22 @@ from policy.server_validation import RequestLimits
 from robot.injected_latency import LatencySpec
 
 READY_PREFIX = "fanvla serve: ready"  # first line on stdout once requests are accepted (scripts wait for it)
+
+
+def start_serve_child(checkpoint: str | Path, *args: str, stderr: int = subprocess.STDOUT,
+                      cwd: str | Path | None = None) -> tuple[subprocess.Popen, str]:
+    """``fanvla serve --checkpoint CHECKPOINT --port 0 ARGS`` as a child process; (process, url) once it is ready.
+
+    Its stdout is drained on a thread afterwards, so a full pipe can never block the server. The caller stops it.
+    """
+    process = subprocess.Popen([sys.executable, "-m", "fanvla", "serve", "--checkpoint", str(checkpoint), "--port",
+                                "0", *args], stdout=subprocess.PIPE, stderr=stderr, text=True, cwd=cwd,
+                               env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    for line in process.stdout:
+        if line.startswith(READY_PREFIX):
+            threading.Thread(target=lambda: [None for _ in process.stdout], daemon=True).start()
+            return process, re.search(r"http://\S+", line).group(0)
+    raise RuntimeError(f"fanvla serve exited with {process.wait()} before it was ready")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
